@@ -1,0 +1,68 @@
+"""Memory layouts: map an (N, C, *spatial) array to a C-contiguous 3-D kernel view.
+
+Contiguous NCHW becomes ``("cf", (N, C, S))`` and channels-last memory (an NCHW-shaped
+view of NHWC data, ``x_nhwc.transpose(0, 3, 1, 2)``) becomes ``("cl", (N, S, C))``,
+both without a copy. Any other strides are copied once, into the layout whose
+channel stride they resemble. Outputs are allocated in the input's layout.
+"""
+
+import math
+
+import numpy as np
+
+__all__ = ["channel_view", "like_view", "new_output", "match_layout"]
+
+
+def channel_view(x):
+    """Return ``(layout, x3)`` for an (N, C, *spatial) array, copying only odd strides."""
+    n, c = x.shape[:2]
+    s = math.prod(x.shape[2:])
+    if x.ndim == 2:
+        # (N, C): channels are the fast axis, a channels-last problem with S = 1.
+        return "cl", np.ascontiguousarray(x).reshape(n, 1, c)
+    if x.flags.c_contiguous:
+        return "cf", x.reshape(n, c, s)
+    last = np.moveaxis(x, 1, -1)
+    if last.flags.c_contiguous:
+        return "cl", last.reshape(n, s, c)
+    spatial_strides = [abs(st) for st, dim in zip(x.strides[2:], x.shape[2:], strict=True) if dim > 1]
+    if c > 1 and spatial_strides and abs(x.strides[1]) < min(spatial_strides):
+        return "cl", np.ascontiguousarray(last).reshape(n, s, c)
+    return "cf", np.ascontiguousarray(x).reshape(n, c, s)
+
+
+def like_view(layout, x3, arr):
+    """Bring ``arr`` (shaped like the original input) into the same 3-D view as ``x3``."""
+    n = arr.shape[0]
+    c = arr.shape[1]
+    if layout == "cl":
+        if arr.ndim == 2:
+            return np.ascontiguousarray(arr).reshape(n, 1, c)
+        return np.ascontiguousarray(np.moveaxis(arr, 1, -1)).reshape(x3.shape)
+    return np.ascontiguousarray(arr).reshape(x3.shape)
+
+
+def new_output(layout, x3, shape, dtype=None):
+    """Allocate ``(out3, out)``: a kernel view and the array of ``shape`` in the same layout."""
+    out3 = np.empty(x3.shape, dtype=dtype or x3.dtype)
+    return out3, _unview(layout, out3, shape)
+
+
+def _unview(layout, out3, shape):
+    if layout == "cf":
+        return out3.reshape(shape)
+    if len(shape) == 2:
+        return out3.reshape(shape)
+    n, c = shape[:2]
+    return np.moveaxis(out3.reshape((n,) + tuple(shape[2:]) + (c,)), -1, 1)
+
+
+def match_layout(layout, x3, out):
+    """A kernel view that writes straight into ``out``, or None if its layout differs."""
+    n, c = out.shape[:2]
+    if layout == "cl":
+        if out.ndim == 2:
+            return out.reshape(n, 1, c) if out.flags.c_contiguous else None
+        last = np.moveaxis(out, 1, -1)
+        return last.reshape(x3.shape) if last.flags.c_contiguous else None
+    return out.reshape(x3.shape) if out.flags.c_contiguous else None

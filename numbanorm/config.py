@@ -1,0 +1,60 @@
+"""Compilation flags and size thresholds, read by every kernel from this one place.
+
+Change a value here (or through the matching ``NUMBANORM_*`` environment variable
+before import) and every kernel follows. Kernels never hard-code flags or sizes.
+
+Fast-math flags
+---------------
+LLVM's fast-math flags are set per instruction, so each ``@njit`` function keeps
+its own. Two sets are used:
+
+``FASTMATH_REDUCE``
+    For reductions (sums, sums of squared deviations). ``reassoc`` is what lets a
+    floating-point reduction vectorize (it may reorder the additions). These
+    reductions accumulate in float64, so reordering costs nothing measurable.
+``FASTMATH_ELEMENTWISE``
+    For element-wise loops (normalize, dx). No ``reassoc``: it would let LLVM
+    rewrite the compensated subtraction ``(x - mean_hi) - mean_lo`` as
+    ``x - (mean_hi + mean_lo)`` and lose the extra precision of the hi/lo pair.
+    Element-wise loops vectorize without it.
+
+``nnan`` and ``ninf`` are never used: NaN and inf must propagate as in PyTorch.
+"""
+
+import os
+
+
+def _env_int(name, default):
+    value = os.environ.get(name)
+    return default if value is None else int(value)
+
+
+def _env_bool(name, default):
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+#: Flags for reductions: ``reassoc`` lets them vectorize; never ``nnan``/``ninf``.
+FASTMATH_REDUCE = frozenset({"reassoc", "contract", "nsz", "arcp"})
+#: Flags for element-wise loops: no ``reassoc`` (keeps the hi/lo mean subtraction exact).
+FASTMATH_ELEMENTWISE = frozenset({"contract", "nsz", "arcp"})
+#: Flags forbidden everywhere (they remove NaN/inf checks).
+FORBIDDEN_FASTMATH = frozenset({"nnan", "ninf", "fast"})
+
+#: Cache compiled kernels on disk (first call after a warm cache is fast).
+CACHE = _env_bool("NUMBANORM_CACHE", True)
+#: Use multi-threaded kernels for large inputs.
+PARALLEL = _env_bool("NUMBANORM_PARALLEL", True)
+#: Inputs with fewer elements than this run the single-threaded kernel: starting
+#: the thread pool costs more than it saves below this size.
+PARALLEL_MIN_ELEMENTS = _env_int("NUMBANORM_PARALLEL_MIN_ELEMENTS", 1 << 16)
+#: Elements per block in blockwise two-pass moments: a block is read twice, so it
+#: should stay in L1/L2 (4096 float64 = 32 KiB).
+BLOCK_ELEMENTS = _env_int("NUMBANORM_BLOCK_ELEMENTS", 4096)
+#: Rows per work item in column reductions (channels-last and (N, C) inputs) are
+#: chosen so that a block holds about this many elements.
+COLUMN_BLOCK_ELEMENTS = _env_int("NUMBANORM_COLUMN_BLOCK_ELEMENTS", 16384)
+#: Work items per thread in parallel column reductions (load balance vs merge cost).
+CHUNKS_PER_THREAD = _env_int("NUMBANORM_CHUNKS_PER_THREAD", 4)

@@ -1,0 +1,1 @@
+"""Private compute kernels: ``cpu`` (Numba ``@njit``) and ``cuda`` (``@cuda.jit``) twins."""

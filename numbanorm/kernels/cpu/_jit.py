@@ -1,0 +1,81 @@
+"""The one place kernels are compiled: flags come from :mod:`numbanorm.config`."""
+
+import types
+
+import numba
+
+from ... import config
+
+__all__ = ["reduce_helper", "elementwise_helper", "kernel", "Kernel", "all_dispatchers"]
+
+#: Every dispatcher compiled through this module, for flag checks in the tests.
+_DISPATCHERS = []
+
+
+def _register(dispatcher, flags):
+    dispatcher._numbanorm_fastmath = flags
+    _DISPATCHERS.append(dispatcher)
+    return dispatcher
+
+
+def reduce_helper(func):
+    """Compile a serial reduction helper with ``config.FASTMATH_REDUCE``."""
+    flags = set(config.FASTMATH_REDUCE)
+    return _register(numba.njit(fastmath=flags, cache=config.CACHE, nogil=True)(func), flags)
+
+
+def elementwise_helper(func):
+    """Compile a serial element-wise helper with ``config.FASTMATH_ELEMENTWISE``."""
+    flags = set(config.FASTMATH_ELEMENTWISE)
+    return _register(numba.njit(fastmath=flags, cache=config.CACHE, nogil=True)(func), flags)
+
+
+class Kernel:
+    """A kernel compiled twice from one Python function: serial and ``parallel=True``.
+
+    Calling it picks the parallel build when ``config.PARALLEL`` is on and the work
+    (``size`` elements, the first argument) reaches ``config.PARALLEL_MIN_ELEMENTS``:
+    below that, starting the thread pool costs more than it saves. The body uses
+    ``prange`` for its outer loop, which is a plain ``range`` in the serial build.
+    """
+
+    def __init__(self, func):
+        flags = set(config.FASTMATH_ELEMENTWISE)
+        opts = dict(fastmath=flags, cache=config.CACHE, nogil=True)
+        self.py_func = func
+        self.serial = _register(numba.njit(**opts)(func), flags)
+        self.parallel = _register(numba.njit(parallel=True, **opts)(_renamed(func, "parallel")), flags)
+        self.__name__ = func.__name__
+        self.__doc__ = func.__doc__
+
+    def __call__(self, size, *args):
+        if config.PARALLEL and size >= config.PARALLEL_MIN_ELEMENTS:
+            return self.parallel(*args)
+        return self.serial(*args)
+
+    def __repr__(self):
+        return f"<numbanorm kernel {self.__name__}>"
+
+
+def _renamed(func, suffix):
+    """A copy of ``func`` under another qualified name.
+
+    Numba's on-disk cache is keyed by the function's qualified name and signature,
+    not by the ``parallel`` flag: two builds of one function would overwrite each
+    other's cache entries (and load the wrong one), so the parallel build gets its own name.
+    """
+    new = types.FunctionType(func.__code__, func.__globals__, func.__name__, func.__defaults__, func.__closure__)
+    new.__qualname__ = f"{func.__qualname__}__{suffix}"
+    new.__module__ = func.__module__
+    new.__doc__ = func.__doc__
+    return new
+
+
+def kernel(func):
+    """Decorator: compile ``func`` as a :class:`Kernel` (serial + parallel builds)."""
+    return Kernel(func)
+
+
+def all_dispatchers():
+    """Return every Numba dispatcher compiled by numbanorm (for flag checks)."""
+    return list(_DISPATCHERS)

@@ -1,0 +1,105 @@
+"""Passes shared by the channel-wise families (BatchNorm, InstanceNorm, GroupNorm).
+
+Input arrives as a C-contiguous 3-D view in one of two layouts:
+
+``"cf"`` (channels first)
+    ``(N, C, S)``: contiguous NCHW (S = H*W...). Each (n, c) row is contiguous.
+``"cl"`` (channels last)
+    ``(N, S, C)``: NHWC memory (an NCHW view of it upstream) and (N, C) input.
+    Channels are the fast axis; passes run over (rows, C) blocks.
+
+Statistics are gathered per (n, c) slice, or per channel, and combined with the
+moments primitive's Chan merge; parameters and dx coefficients come as (P, C)
+arrays with P = 1 (per channel, BatchNorm) or P = N (per sample and channel).
+"""
+
+import numpy as np
+
+from .elementwise import dx_planes, dx_rows, normalize_planes, normalize_rows
+from .moments import _plan_chunks, column_moments, merge, row_moments
+from .sums import column_grad_sums, row_grad_sums
+
+__all__ = ["hi_lo", "channel_moments", "instance_moments", "normalize", "grad_sums", "apply_dx"]
+
+
+def hi_lo(mean, dtype):
+    """Split float64 means into ``dtype`` (hi, lo) with ``hi + lo`` ~ mean at ~2x precision."""
+    hi = mean.astype(dtype)
+    lo = (mean - hi).astype(dtype)
+    return hi, lo
+
+
+def _planes(layout, x3, per_sample):
+    """The (B, R, C) plane view for channels-last passes: one plane unless per sample."""
+    if per_sample:
+        return x3
+    return x3.reshape(1, x3.shape[0] * x3.shape[1], x3.shape[2])
+
+
+def channel_moments(layout, x3):
+    """Per-channel (count, mean (C,), M2 (C,)) over samples and positions."""
+    if layout == "cl":
+        count, mean, m2 = column_moments(_planes(layout, x3, False))
+        return count * 1.0, mean[0], m2[0]
+    n, c, s = x3.shape
+    _, mean, m2 = row_moments(x3.reshape(n * c, s))
+    # Each (n, c) row holds s values: merge the N rows of a channel with Chan.
+    count, mean, m2 = merge(np.full((1, n), float(s)), mean.reshape(1, n, c), m2.reshape(1, n, c))
+    return count[0], mean[0], m2[0]
+
+
+def instance_moments(layout, x3):
+    """Per-(sample, channel) (count, mean (N, C), M2 (N, C)) over positions."""
+    if layout == "cl":
+        return column_moments(x3)
+    n, c, s = x3.shape
+    count, mean, m2 = row_moments(x3.reshape(n * c, s))
+    return count, mean.reshape(n, c), m2.reshape(n, c)
+
+
+def _prepared(x3, *params):
+    dtype = x3.dtype.type
+    return [np.ascontiguousarray(p, dtype=dtype) for p in params]
+
+
+def normalize(layout, x3, y3, mean, scale, shift):
+    """``y = (x - mean) * scale + shift`` with (P, C) float64 params, mean as a hi/lo pair."""
+    mean = np.atleast_2d(mean)
+    mean_hi, mean_lo = hi_lo(mean, x3.dtype)
+    scale, shift = _prepared(x3, np.broadcast_to(scale, mean.shape), np.broadcast_to(shift, mean.shape))
+    if layout == "cf":
+        normalize_rows(x3.size, x3, y3, mean_hi, mean_lo, scale, shift)
+        return
+    per_sample = mean.shape[0] > 1
+    xp, yp = _planes(layout, x3, per_sample), _planes(layout, y3, per_sample)
+    rows_per_chunk, nchunks, _ = _plan_chunks(*xp.shape)
+    normalize_planes(xp.size, xp, yp, mean_hi, mean_lo, scale, shift, rows_per_chunk, nchunks)
+
+
+def grad_sums(layout, x3, dy3, mean):
+    """``sum(dy)`` and ``sum(dy * (x - mean))`` per channel (P = 1) or per (n, c) (P = N)."""
+    mean = np.atleast_2d(mean)
+    per_sample = mean.shape[0] > 1
+    if layout == "cl":
+        return column_grad_sums(_planes(layout, x3, per_sample), _planes(layout, dy3, per_sample), mean)
+    n, c, s = x3.shape
+    row_mean = np.broadcast_to(mean, (n, c)).reshape(n * c)
+    s_dy, s_dyx = row_grad_sums(x3.reshape(n * c, s), dy3.reshape(n * c, s), row_mean)
+    s_dy, s_dyx = s_dy.reshape(n, c), s_dyx.reshape(n, c)
+    if per_sample:
+        return s_dy, s_dyx
+    return s_dy.sum(axis=0, keepdims=True), s_dyx.sum(axis=0, keepdims=True)
+
+
+def apply_dx(layout, x3, dy3, dx3, mean, a, b, c):
+    """``dx = a * dy + c * (x - mean) + b`` with (P, C) float64 coefficients."""
+    mean = np.atleast_2d(mean)
+    mean_hi, mean_lo = hi_lo(mean, x3.dtype)
+    a, b, c = _prepared(x3, *(np.broadcast_to(v, mean.shape) for v in (a, b, c)))
+    if layout == "cf":
+        dx_rows(x3.size, x3, dy3, dx3, mean_hi, mean_lo, a, b, c)
+        return
+    per_sample = mean.shape[0] > 1
+    xp, dyp, dxp = (_planes(layout, v, per_sample) for v in (x3, dy3, dx3))
+    rows_per_chunk, nchunks, _ = _plan_chunks(*xp.shape)
+    dx_planes(xp.size, xp, dyp, dxp, mean_hi, mean_lo, a, b, c, rows_per_chunk, nchunks)

@@ -1,0 +1,98 @@
+"""Gradient sums for backward passes: ``sum(dy)`` and ``sum(dy * (x - mean))``.
+
+With ``xhat = (x - mean) * rstd`` these give ``sum(dy)`` (dbias and the mean term of
+dx) and ``sum(dy * xhat) = rstd * sum(dy * (x - mean))`` (dweight and the variance
+term of dx). Accumulated in float64, with the float64 mean, from one read of x and dy.
+"""
+
+import numpy as np
+from numba import prange
+
+from ._jit import kernel, reduce_helper
+from .moments import _plan_chunks
+
+__all__ = [
+    "slice_grad_sums",
+    "slice_weighted_grad_sums",
+    "cols_block_grad_sums",
+    "row_grad_sums",
+    "column_grad_sums",
+]
+
+
+@reduce_helper
+def slice_grad_sums(x, dy, mean):
+    """``(sum(dy), sum(dy * (x - mean)))`` over a 1-D slice, in float64."""
+    s_dy = 0.0
+    s_dyx = 0.0
+    for i in range(x.size):
+        g = np.float64(dy[i])
+        s_dy += g
+        s_dyx += g * (x[i] - mean)
+    return s_dy, s_dyx
+
+
+@reduce_helper
+def cols_block_grad_sums(x2, dy2, mean, s_dy, s_dyx):
+    """Add per-column ``sum(dy)`` and ``sum(dy * (x - mean))`` of a (rows, C) block."""
+    for i in range(x2.shape[0]):
+        xr = x2[i]
+        dyr = dy2[i]
+        for c in range(xr.size):
+            g = np.float64(dyr[c])
+            s_dy[c] += g
+            s_dyx[c] += g * (xr[c] - mean[c])
+
+
+@kernel
+def rows_grad_sums(x2, dy2, mean, s_dy, s_dyx):
+    """Gradient sums of every row of (R, L) arrays, each row with its own mean."""
+    for r in prange(x2.shape[0]):
+        s_dy[r], s_dyx[r] = slice_grad_sums(x2[r], dy2[r], mean[r])
+
+
+@kernel
+def cols_grad_sums(x3, dy3, mean, rows_per_chunk, s_dy, s_dyx):
+    """Partial per-column gradient sums of (B, R, C) arrays into (B, K, C) chunk slots."""
+    nb, nrows, _ = x3.shape
+    nchunks = s_dy.shape[1]
+    for item in prange(nb * nchunks):
+        b = item // nchunks
+        k = item - b * nchunks
+        start = k * rows_per_chunk
+        stop = min(start + rows_per_chunk, nrows)
+        s_dy[b, k] = 0.0
+        s_dyx[b, k] = 0.0
+        cols_block_grad_sums(x3[b, start:stop], dy3[b, start:stop], mean[b], s_dy[b, k], s_dyx[b, k])
+
+
+def row_grad_sums(x2, dy2, mean):
+    """Per-row gradient sums of C-contiguous (R, L) arrays; ``mean`` is (R,) float64."""
+    rows = x2.shape[0]
+    s_dy = np.empty(rows)
+    s_dyx = np.empty(rows)
+    rows_grad_sums(x2.size, x2, dy2, np.ascontiguousarray(mean, dtype=np.float64), s_dy, s_dyx)
+    return s_dy, s_dyx
+
+
+def column_grad_sums(x3, dy3, mean):
+    """Per-column gradient sums of each plane of (B, R, C) arrays; ``mean`` is (B, C)."""
+    planes, rows, cols = x3.shape
+    rows_per_chunk, nchunks, _ = _plan_chunks(planes, rows, cols)
+    s_dy = np.empty((planes, nchunks, cols))
+    s_dyx = np.empty((planes, nchunks, cols))
+    mean = np.ascontiguousarray(mean, dtype=np.float64)
+    cols_grad_sums(x3.size, x3, dy3, mean, rows_per_chunk, s_dy, s_dyx)
+    return s_dy.sum(axis=1), s_dyx.sum(axis=1)
+
+
+@reduce_helper
+def slice_weighted_grad_sums(x, dy, weight, mean):
+    """``(sum(dy * w), sum(dy * w * (x - mean)))`` over a 1-D slice, in float64 (LayerNorm rows)."""
+    s_g = 0.0
+    s_gx = 0.0
+    for i in range(x.size):
+        g = np.float64(dy[i]) * weight[i]
+        s_g += g
+        s_gx += g * (x[i] - mean)
+    return s_g, s_gx

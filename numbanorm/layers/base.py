@@ -1,0 +1,200 @@
+"""The common base of every layer: parameters, buffers, modes, state dicts, dtype."""
+
+import copy
+
+import numpy as np
+
+from .. import _validation as v
+
+__all__ = ["NormBase"]
+
+
+class NormBase:
+    """Owns a layer's parameters (``weight``, ``bias``), buffers (running statistics),
+    training flag, gradients, state dict and dtype.
+
+    Subclasses set ``_param_shape`` in ``__init__`` before calling :meth:`_init_state`
+    and implement ``forward``, ``backward`` and ``extra_repr``. Parameters and
+    buffers are NumPy arrays; ``state_dict()`` uses PyTorch's keys, so the arrays of
+    a PyTorch checkpoint load unchanged.
+    """
+
+    #: state_dict keys of parameters and float buffers, in PyTorch's order.
+    _param_names = ("weight", "bias")
+    _buffer_names = ("running_mean", "running_var")
+
+    def __init__(self, dtype=np.float32):
+        self.dtype = v.check_dtype(dtype)
+        self.training = True
+        self.weight = None
+        self.bias = None
+        self.running_mean = None
+        self.running_var = None
+        self.num_batches_tracked = None
+        self.grad_weight = None
+        self.grad_bias = None
+        self._saved = None
+
+    # -- construction ---------------------------------------------------------------
+    def _init_state(self, shape, weight=False, bias=False, running=False):
+        self._param_shape = tuple(shape)
+        if weight:
+            self.weight = np.ones(shape, self.dtype)
+        if bias:
+            self.bias = np.zeros(shape, self.dtype)
+        if running:
+            self.running_mean = np.zeros(shape, self.dtype)
+            self.running_var = np.ones(shape, self.dtype)
+            self.num_batches_tracked = np.array(0, dtype=np.int64)
+
+    def reset_running_stats(self):
+        """Set running_mean to 0, running_var to 1 and num_batches_tracked to 0."""
+        if self.running_mean is not None:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+            self.num_batches_tracked[...] = 0
+
+    def reset_parameters(self):
+        """Reset the running statistics, weight to 1 and bias to 0."""
+        self.reset_running_stats()
+        if self.weight is not None:
+            self.weight[...] = 1
+        if self.bias is not None:
+            self.bias[...] = 0
+
+    # -- modes ----------------------------------------------------------------------
+    def train(self, mode=True):
+        """Set training mode (``mode=True``) or evaluation mode; return the layer."""
+        if not isinstance(mode, bool):
+            raise ValueError(f"training mode is expected to be boolean, got {mode!r}")
+        self.training = mode
+        return self
+
+    def eval(self):
+        """Set evaluation mode; return the layer."""
+        return self.train(False)
+
+    def parameters(self):
+        """Yield the learnable parameters (weight, then bias) that exist."""
+        for name in self._param_names:
+            p = getattr(self, name)
+            if p is not None:
+                yield p
+
+    def named_parameters(self):
+        """Yield ``(name, array)`` for the learnable parameters that exist."""
+        for name in self._param_names:
+            p = getattr(self, name)
+            if p is not None:
+                yield name, p
+
+    def zero_grad(self):
+        """Forget the gradients of the last backward."""
+        self.grad_weight = None
+        self.grad_bias = None
+
+    # -- calls ----------------------------------------------------------------------
+    def __call__(self, x):
+        return self.forward(x)
+
+    def _saved_for_backward(self, dy):
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() called before forward(): "
+                               "call the layer on an input first")
+        x = self._saved["x"]
+        v.check_dy(dy, x)
+        return self._saved
+
+    def _store_grads(self, dweight, dbias):
+        self.grad_weight = None if dweight is None else dweight.astype(self.weight.dtype, copy=False)
+        self.grad_bias = None if dbias is None else dbias.astype(self.bias.dtype, copy=False)
+
+    def _cast_params(self, dtype):
+        """Parameters in the compute dtype (a cast copy only when dtypes differ)."""
+        def cast(p):
+            return None if p is None else p.astype(dtype, copy=False)
+        return cast(self.weight), cast(self.bias)
+
+    # -- state ----------------------------------------------------------------------
+    def _state_names(self):
+        names = [n for n in self._param_names if getattr(self, n) is not None]
+        names += [n for n in self._buffer_names if getattr(self, n) is not None]
+        if self.num_batches_tracked is not None:
+            names.append("num_batches_tracked")
+        return names
+
+    def state_dict(self):
+        """Copies of parameters and buffers under PyTorch's keys."""
+        return {name: np.array(getattr(self, name), copy=True) for name in self._state_names()}
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy values into the existing arrays, cast to the layer's dtype.
+
+        All keys and shapes are checked before anything is written, so a bad state
+        dict leaves the layer unchanged. Values may be NumPy arrays or anything
+        ``numpy.asarray`` accepts (a PyTorch tensor on the CPU, say).
+
+        Raises
+        ------
+        RuntimeError
+            Missing or unexpected keys (with ``strict``), or a shape mismatch.
+        TypeError
+            A value that is not numeric.
+        """
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        expected = self._state_names()
+        missing = [k for k in expected if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in expected]
+        if strict and (missing or unexpected):
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}: "
+                               f"missing keys {missing}, unexpected keys {unexpected} "
+                               f"(expected exactly {expected})")
+        values = {}
+        for name in expected:
+            if name not in state_dict:
+                continue
+            value = np.asarray(state_dict[name])
+            target = getattr(self, name)
+            if value.dtype.kind not in "fiu":
+                raise TypeError(f"state_dict[{name!r}] must be numeric, got dtype {value.dtype}")
+            if value.shape != target.shape:
+                raise RuntimeError(f"size mismatch for {name}: expected shape {target.shape}, "
+                                   f"got {value.shape} in the state_dict")
+            values[name] = value
+        for name, value in values.items():
+            getattr(self, name)[...] = value
+        return self
+
+    def to(self, target):
+        """Convert parameters and running statistics to ``np.float32``/``np.float64``
+        (or ``"float32"``/``"float64"``) in place; return the layer."""
+        dtype = v.check_dtype(target, "target dtype")
+        self.dtype = dtype
+        for name in self._param_names + self._buffer_names:
+            arr = getattr(self, name)
+            if arr is not None:
+                setattr(self, name, arr.astype(dtype))
+        self._saved = None
+        return self
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_saved"] = None  # the forward input is not state
+        return state
+
+    def __copy__(self):
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __deepcopy__(self, memo):
+        new = type(self).__new__(type(self))
+        new.__dict__.update(copy.deepcopy(self.__getstate__(), memo))
+        return new
+
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"

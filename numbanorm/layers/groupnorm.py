@@ -1,0 +1,75 @@
+"""GroupNorm: per-(sample, group) statistics, per-channel affine."""
+
+import numpy as np
+
+from .. import _validation as v
+from .. import functional as F
+from .base import NormBase
+from .batchnorm import check_num_features
+
+__all__ = ["GroupNorm"]
+
+
+class GroupNorm(NormBase):
+    r"""Group normalization (Wu & He, 2018).
+
+    .. math::
+
+        y = \frac{x - \mathrm{E}_g[x]}{\sqrt{\mathrm{Var}_g[x] + \epsilon}} \cdot \gamma_c + \beta_c
+
+    Channels are split into ``num_groups`` groups; mean and biased variance are taken
+    per sample over a group's channels and all positions. Input (N, C, \*);
+    contiguous and channels-last inputs run without a copy.
+
+    Parameters
+    ----------
+    num_groups : int
+        Must divide ``num_channels`` (ValueError otherwise).
+    num_channels : int
+    eps : float, default 1e-5
+    affine : bool, default True
+        Learnable per-channel ``weight`` (ones) and ``bias`` (zeros).
+    dtype : np.float32 or np.float64
+
+    Notes
+    -----
+    ``GroupNorm(1, C)`` is LayerNorm over (C, \*) without its per-element affine;
+    ``GroupNorm(C, C)`` is InstanceNorm.
+
+    References
+    ----------
+    Y. Wu and K. He, "Group Normalization", ECCV 2018. arXiv:1803.08494
+    """
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32):
+        super().__init__(dtype)
+        self.num_channels = check_num_features(num_channels, "num_channels")
+        self.num_groups = F._check_groups(num_groups, self.num_channels)
+        self.eps = v.check_eps(eps)
+        self.affine = bool(affine)
+        self._init_state((self.num_channels,), weight=self.affine, bias=self.affine)
+
+    def _check_input(self, x):
+        v.check_float_array(x, "input")
+        if x.ndim < 2:
+            raise ValueError(f"GroupNorm expected input of shape (N, C, *), got shape {x.shape}")
+        if x.shape[1] != self.num_channels:
+            raise ValueError(f"GroupNorm expected {self.num_channels} channels in dimension 1, "
+                             f"got {x.shape[1]} (input shape {x.shape})")
+
+    def forward(self, x):
+        self._check_input(x)
+        y, mean, rstd = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, return_stats=True)
+        self._saved = {"x": x, "mean": mean, "rstd": rstd}
+        return y
+
+    def backward(self, dy):
+        """Return dL/dx for the last forward input; set ``grad_weight`` and ``grad_bias``."""
+        s = self._saved_for_backward(dy)
+        dx, dw, db = F.group_norm_backward(dy, s["x"], self.num_groups, s["mean"], s["rstd"],
+                                           self.weight, self.bias)
+        self._store_grads(dw, db)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"

@@ -1,0 +1,130 @@
+"""LayerNorm and RMSNorm: per-sample statistics over the trailing ``normalized_shape``."""
+
+import numpy as np
+
+from .. import _validation as v
+from .. import functional as F
+from .base import NormBase
+
+__all__ = ["LayerNorm", "RMSNorm"]
+
+
+class _TrailingNorm(NormBase):
+    """Shared by LayerNorm and RMSNorm: checks the trailing dims, keeps (x, stats) for backward."""
+
+    def _check_input(self, x):
+        v.check_float_array(x, "input")
+        k = len(self.normalized_shape)
+        if x.ndim < k or x.shape[x.ndim - k:] != self.normalized_shape:
+            raise ValueError(f"{type(self).__name__} expected input with trailing dimensions "
+                             f"{list(self.normalized_shape)} (normalized_shape), got shape {x.shape}")
+
+
+class LayerNorm(_TrailingNorm):
+    r"""Layer normalization (Ba, Kiros & Hinton, 2016).
+
+    .. math::
+
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \odot \gamma + \beta
+
+    Mean and biased variance per sample over the last ``len(normalized_shape)``
+    dimensions, the same in training and evaluation.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of ints
+        Trailing shape normalized over; ``weight``/``bias`` have this shape.
+    eps : float, default 1e-5
+    elementwise_affine : bool, default True
+        Learnable per-element ``weight`` (ones) and ``bias`` (zeros).
+    bias : bool, default True
+        With ``elementwise_affine``, whether ``bias`` exists.
+    dtype : np.float32 or np.float64
+
+    Notes
+    -----
+    Each row is normalized while it is in cache (one read of x); the statistics are
+    float64 two-pass moments and the mean is subtracted as a hi/lo pair, so float32
+    rows with mean 1e4 and std 1e-2 normalize to within 1e-3 of float64.
+
+    References
+    ----------
+    J. L. Ba, J. R. Kiros and G. E. Hinton, "Layer Normalization", 2016. arXiv:1607.06450
+    """
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32):
+        super().__init__(dtype)
+        self.normalized_shape = F.normalized_shape_tuple(normalized_shape)
+        self.eps = v.check_eps(eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        self._init_state(self.normalized_shape, weight=self.elementwise_affine,
+                         bias=self.elementwise_affine and bool(bias))
+
+    def forward(self, x):
+        self._check_input(x)
+        y, mean, rstd = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps,
+                                     return_stats=True)
+        self._saved = {"x": x, "mean": mean, "rstd": rstd}
+        return y
+
+    def backward(self, dy):
+        """Return dL/dx for the last forward input; set ``grad_weight`` and ``grad_bias``."""
+        s = self._saved_for_backward(dy)
+        dx, dw, db = F.layer_norm_backward(dy, s["x"], self.normalized_shape, s["mean"], s["rstd"],
+                                           self.weight, self.bias)
+        self._store_grads(dw, db)
+        return dx
+
+    def extra_repr(self):
+        return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+                + ("" if not self.elementwise_affine or self.bias is not None else ", bias=False"))
+
+
+class RMSNorm(_TrailingNorm):
+    r"""Root mean square layer normalization (Zhang & Sennrich, 2019).
+
+    .. math::
+
+        y = \frac{x}{\sqrt{\tfrac{1}{D}\sum x^2 + \epsilon}} \odot \gamma
+
+    over the trailing ``normalized_shape``; LayerNorm without the mean.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of ints
+    eps : float or None, default None
+        None means ``np.finfo(x.dtype).eps`` of the input, as in PyTorch.
+    elementwise_affine : bool, default True
+        Learnable per-element ``weight`` (ones); there is no bias.
+    dtype : np.float32 or np.float64
+
+    References
+    ----------
+    B. Zhang and R. Sennrich, "Root Mean Square Layer Normalization", NeurIPS 2019.
+    arXiv:1910.07467
+    """
+
+    _param_names = ("weight",)
+
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, dtype=np.float32):
+        super().__init__(dtype)
+        self.normalized_shape = F.normalized_shape_tuple(normalized_shape)
+        self.eps = None if eps is None else v.check_eps(eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        self._init_state(self.normalized_shape, weight=self.elementwise_affine)
+
+    def forward(self, x):
+        self._check_input(x)
+        y, rstd = F.rms_norm(x, self.normalized_shape, self.weight, self.eps, return_stats=True)
+        self._saved = {"x": x, "rstd": rstd}
+        return y
+
+    def backward(self, dy):
+        """Return dL/dx for the last forward input; set ``grad_weight``."""
+        s = self._saved_for_backward(dy)
+        dx, dw, _ = F.rms_norm_backward(dy, s["x"], self.normalized_shape, s["rstd"], self.weight)
+        self._store_grads(dw, None)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

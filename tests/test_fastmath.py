@@ -1,0 +1,64 @@
+"""Every compiled kernel carries the configured fast-math flags, and none drops NaN checks."""
+
+import importlib
+import pkgutil
+
+import numpy as np
+
+import numbanorm.kernels.cpu as cpu
+from numbanorm import config
+from numbanorm.kernels.cpu import _jit
+from numbanorm.kernels.cpu import elementwise as E
+
+
+def _all_kernel_modules():
+    for info in pkgutil.iter_modules(cpu.__path__):
+        importlib.import_module(f"{cpu.__name__}.{info.name}")
+
+
+def test_every_dispatcher_uses_configured_flags():
+    _all_kernel_modules()
+    dispatchers = _jit.all_dispatchers()
+    assert len(dispatchers) >= 20
+    allowed = {frozenset(config.FASTMATH_REDUCE), frozenset(config.FASTMATH_ELEMENTWISE)}
+    for d in dispatchers:
+        flags = d.targetoptions["fastmath"]
+        flag_set = frozenset(flags.flags) if hasattr(flags, "flags") else frozenset(flags)
+        assert flag_set in allowed, (d.py_func.__qualname__, flag_set)
+        assert not flag_set & config.FORBIDDEN_FASTMATH, d.py_func.__qualname__
+        assert (type(d._cache).__name__ != "NullCache") == config.CACHE, d.py_func.__qualname__
+
+
+def test_configured_sets_never_drop_nan_checks():
+    assert not config.FASTMATH_REDUCE & config.FORBIDDEN_FASTMATH
+    assert not config.FASTMATH_ELEMENTWISE & config.FORBIDDEN_FASTMATH
+    # reassoc would fold the hi/lo mean subtraction back into one rounding
+    assert "reassoc" not in config.FASTMATH_ELEMENTWISE
+    assert "reassoc" in config.FASTMATH_REDUCE
+
+
+def test_hi_lo_subtraction_survives_compilation():
+    # The compiled normalize loop must subtract (x - hi) - lo, not x - (hi + lo):
+    # with a mean carrying more bits than float32 the hi/lo result is closer to float64.
+    rng = np.random.default_rng(0)
+    x = (1e4 + 1e-2 * rng.standard_normal(4096)).astype(np.float32)
+    mean = x.astype(np.float64).mean()
+    hi = np.float32(mean)
+    lo = np.float32(mean - np.float64(hi))
+    assert lo != 0
+    scale = np.float32(1 / x.astype(np.float64).std())
+    y = np.empty_like(x)
+    E.normalize_slice(x, y, hi, lo, scale, np.float32(0))
+    truth = (x.astype(np.float64) - mean) * np.float64(scale)
+    y_single = (x - hi) * scale  # the mean rounded once to float32
+    err_hi_lo = np.abs(y - truth).max()
+    err_single = np.abs(y_single - truth).max()
+    assert err_hi_lo < 1e-3
+    assert err_hi_lo < err_single / 4
+
+
+def test_nan_and_inf_propagate_through_compiled_kernels():
+    x = np.array([1.0, np.nan, 3.0, np.inf], np.float32)
+    y = np.empty_like(x)
+    E.normalize_slice(x, y, np.float32(1), np.float32(0), np.float32(2), np.float32(0))
+    assert y[0] == 0 and np.isnan(y[1]) and y[2] == 4 and np.isinf(y[3])

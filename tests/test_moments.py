@@ -1,0 +1,98 @@
+"""The moments primitive: per-slice two-pass moments, Chan's merge, row and column drivers."""
+
+import numpy as np
+import pytest
+
+from numbanorm import config
+from numbanorm.kernels.cpu import moments as M
+
+
+def _ref(x):
+    x = np.asarray(x, dtype=np.float64)
+    mean = x.mean()
+    return x.size, mean, ((x - mean) ** 2).sum()
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 1023, 4096, 4097, 10000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_slice_moments_matches_two_pass_reference(n, dtype):
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 3 + 5).astype(dtype)
+    count, mean, m2 = M.slice_moments(x, 1024)
+    rc, rmean, rm2 = _ref(x)
+    assert count == rc
+    np.testing.assert_allclose(mean, rmean, rtol=1e-13)
+    np.testing.assert_allclose(m2, rm2, rtol=1e-11, atol=1e-12)
+
+
+def test_slice_moments_far_from_zero_float32():
+    # mean 1e4, std 1e-2 in float32: E[x^2]-E[x]^2 would lose every digit here.
+    rng = np.random.default_rng(0)
+    x = (1e4 + 1e-2 * rng.standard_normal(9000)).astype(np.float32)
+    _, mean, m2 = M.slice_moments(x, 512)
+    _, rmean, rm2 = _ref(x)
+    assert abs(mean - rmean) < 1e-9
+    np.testing.assert_allclose(m2 / x.size, rm2 / x.size, rtol=1e-9)
+
+
+def test_constant_slice_has_zero_m2():
+    x = np.full(5000, 1234.5, np.float32)
+    count, mean, m2 = M.slice_moments(x, 1000)
+    assert (count, mean, m2) == (5000.0, 1234.5, 0.0)
+
+
+def test_chan_merge_equals_whole():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal(37) + 100
+    b = rng.standard_normal(101) * 5 - 3
+    merged = M.chan_merge(*_ref(a), *_ref(b))
+    whole = _ref(np.concatenate([a, b]))
+    np.testing.assert_allclose(merged, whole, rtol=1e-12)
+    # an empty side is the identity
+    assert M.chan_merge(0.0, 0.0, 0.0, *_ref(a)) == _ref(a)
+    assert M.chan_merge(*_ref(a), 0.0, 0.0, 0.0) == _ref(a)
+
+
+def test_merge_partials_unequal_counts():
+    rng = np.random.default_rng(2)
+    pieces = [rng.standard_normal(n) * (i + 1) + i for i, n in enumerate([5, 1, 17, 3])]
+    counts = np.array([[p.size for p in pieces]], dtype=np.float64)
+    mean = np.array([[p.mean() for p in pieces]])
+    m2 = np.array([[((p - p.mean()) ** 2).sum() for p in pieces]])
+    count, mu, s = M.merge(counts, mean, m2)
+    _, rmean, rm2 = _ref(np.concatenate(pieces))
+    assert count[0] == 26
+    np.testing.assert_allclose(mu[0], rmean, rtol=1e-13)
+    np.testing.assert_allclose(s[0], rm2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (64, 1023), (5, 20000)])
+def test_row_moments(shape):
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape) + 10).astype(np.float32)
+    count, mean, m2 = M.row_moments(x)
+    x64 = x.astype(np.float64)
+    assert count == shape[1]
+    np.testing.assert_allclose(mean, x64.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(m2, ((x64 - x64.mean(axis=1, keepdims=True)) ** 2).sum(axis=1), rtol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (2, 7, 5), (1, 50000, 3), (3, 1023, 64)])
+def test_column_moments(shape, monkeypatch):
+    # small blocks and a low threshold exercise chunking, blocking and the parallel build
+    monkeypatch.setattr(config, "COLUMN_BLOCK_ELEMENTS", 64)
+    monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 1000)
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(shape) * 2 - 7).astype(np.float64)
+    count, mean, m2 = M.column_moments(x)
+    assert count == shape[1]
+    np.testing.assert_allclose(mean, x.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(m2, ((x - x.mean(axis=1, keepdims=True)) ** 2).sum(axis=1), rtol=1e-10)
+
+
+def test_nan_propagates_only_to_its_slice():
+    x = np.ones((3, 100), np.float32)
+    x[1, 7] = np.nan
+    _, mean, m2 = M.row_moments(x)
+    assert np.isnan(mean[1]) and np.isnan(m2[1])
+    assert np.all(np.isfinite(mean[[0, 2]])) and np.all(m2[[0, 2]] == 0)
