@@ -37,3 +37,10 @@ def rng(request):
     """A seeded Generator, different but reproducible for every test."""
     seed = sum(ord(ch) * (i + 1) for i, ch in enumerate(request.node.nodeid)) % (2**32)
     return np.random.default_rng(seed)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tag every test that uses the ``torch`` fixture with the ``torch`` marker."""
+    for item in items:
+        if "torch" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.torch)

@@ -29,6 +29,11 @@ def hi_lo(mean, dtype):
     return hi, lo
 
 
+def _rows2(mean):
+    """Per-channel (C,) or per-(sample, channel) (N, C) float64 values as a 2-D array."""
+    return mean.reshape(1, -1) if mean.ndim == 1 else mean
+
+
 def _planes(layout, x3, per_sample):
     """The (B, R, C) plane view for channels-last passes: one plane unless per sample."""
     if per_sample:
@@ -57,16 +62,22 @@ def instance_moments(layout, x3):
     return count, mean.reshape(n, c), m2.reshape(n, c)
 
 
-def _prepared(x3, *params):
-    dtype = x3.dtype.type
-    return [np.ascontiguousarray(p, dtype=dtype) for p in params]
+def _prepared(x3, shape, *params):
+    """Parameters as C-contiguous ``shape`` arrays in x's dtype (broadcast only when needed)."""
+    dtype = x3.dtype
+    out = []
+    for p in params:
+        p = np.asarray(p, dtype=dtype)
+        p = p.reshape(shape) if p.size == shape[0] * shape[1] else np.broadcast_to(p, shape)
+        out.append(np.ascontiguousarray(p))
+    return out
 
 
 def normalize(layout, x3, y3, mean, scale, shift):
     """``y = (x - mean) * scale + shift`` with (P, C) float64 params, mean as a hi/lo pair."""
-    mean = np.atleast_2d(mean)
+    mean = _rows2(mean)
     mean_hi, mean_lo = hi_lo(mean, x3.dtype)
-    scale, shift = _prepared(x3, np.broadcast_to(scale, mean.shape), np.broadcast_to(shift, mean.shape))
+    scale, shift = _prepared(x3, mean.shape, scale, shift)
     if layout == "cf":
         normalize_rows(x3.size, x3, y3, mean_hi, mean_lo, scale, shift)
         return
@@ -78,12 +89,12 @@ def normalize(layout, x3, y3, mean, scale, shift):
 
 def grad_sums(layout, x3, dy3, mean):
     """``sum(dy)`` and ``sum(dy * (x - mean))`` per channel (P = 1) or per (n, c) (P = N)."""
-    mean = np.atleast_2d(mean)
+    mean = _rows2(mean)
     per_sample = mean.shape[0] > 1
     if layout == "cl":
         return column_grad_sums(_planes(layout, x3, per_sample), _planes(layout, dy3, per_sample), mean)
     n, c, s = x3.shape
-    row_mean = np.broadcast_to(mean, (n, c)).reshape(n * c)
+    row_mean = mean.reshape(n * c) if per_sample else np.tile(mean[0], n)
     s_dy, s_dyx = row_grad_sums(x3.reshape(n * c, s), dy3.reshape(n * c, s), row_mean)
     s_dy, s_dyx = s_dy.reshape(n, c), s_dyx.reshape(n, c)
     if per_sample:
@@ -93,9 +104,9 @@ def grad_sums(layout, x3, dy3, mean):
 
 def apply_dx(layout, x3, dy3, dx3, mean, a, b, c):
     """``dx = a * dy + c * (x - mean) + b`` with (P, C) float64 coefficients."""
-    mean = np.atleast_2d(mean)
+    mean = _rows2(mean)
     mean_hi, mean_lo = hi_lo(mean, x3.dtype)
-    a, b, c = _prepared(x3, *(np.broadcast_to(v, mean.shape) for v in (a, b, c)))
+    a, b, c = _prepared(x3, mean.shape, a, b, c)
     if layout == "cf":
         dx_rows(x3.size, x3, dy3, dx3, mean_hi, mean_lo, a, b, c)
         return

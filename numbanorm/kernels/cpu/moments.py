@@ -188,9 +188,10 @@ def merge_partials(counts, mean, m2, out_count, out_mean, out_m2):
 def _plan_chunks(planes, rows, cols):
     """Rows per chunk for :func:`cols_moments`-style column passes over (planes, rows, cols)."""
     block_rows = max(1, config.COLUMN_BLOCK_ELEMENTS // max(cols, 1))
-    items = numba.get_num_threads() * config.CHUNKS_PER_THREAD
     if planes * rows * cols < config.PARALLEL_MIN_ELEMENTS:
-        items = 1
+        # The serial build runs it: one chunk per plane, nothing to merge.
+        return max(rows, 1), 1, block_rows
+    items = numba.get_num_threads() * config.CHUNKS_PER_THREAD
     want = -(-items // planes)
     nchunks = max(1, min(want, -(-rows // block_rows)))
     rows_per_chunk = -(-rows // nchunks)
@@ -243,6 +244,7 @@ def column_moments(x3):
     mean = np.empty((planes, nchunks, cols))
     m2 = np.empty((planes, nchunks, cols))
     cols_moments(x3.size, x3, rows_per_chunk, block_rows, mean, m2)
-    counts = chunk_counts(rows, rows_per_chunk, nchunks)
-    _, mean, m2 = merge(counts, mean, m2)
+    if nchunks == 1:
+        return float(rows), mean[:, 0], m2[:, 0]
+    _, mean, m2 = merge(chunk_counts(rows, rows_per_chunk, nchunks), mean, m2)
     return float(rows), mean, m2
