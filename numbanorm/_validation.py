@@ -8,6 +8,8 @@ import numbers
 
 import numpy as np
 
+from ._device import is_cuda_array
+
 __all__ = [
     "FLOAT_DTYPES",
     "check_float_array",
@@ -35,8 +37,8 @@ def check_dtype(dtype, name="dtype"):
 
 
 def check_float_array(x, name="input"):
-    """Return ``x`` if it is a float32/float64 ndarray, else raise TypeError."""
-    if not isinstance(x, np.ndarray):
+    """Return ``x`` if it is a float32/float64 ndarray (or CUDA device array), else raise TypeError."""
+    if not isinstance(x, np.ndarray) and not is_cuda_array(x):
         raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
@@ -86,10 +88,13 @@ def check_momentum(momentum, allow_none=True):
 
 
 def check_dy(dy, x):
-    """dy must be an array of x's shape and dtype."""
-    if not isinstance(dy, np.ndarray):
+    """dy must be an array of x's shape and dtype, on x's device."""
+    if is_cuda_array(x):
+        if not is_cuda_array(dy):
+            raise TypeError(f"dy must be a CUDA device array like the forward input, got {type(dy).__name__}")
+    elif not isinstance(dy, np.ndarray):
         raise TypeError(f"dy must be a numpy.ndarray, got {type(dy).__name__}")
-    if dy.shape != x.shape:
+    if tuple(dy.shape) != tuple(x.shape):
         raise ValueError(f"dy must have the shape of the forward input {x.shape}, got {dy.shape}")
     if dy.dtype != x.dtype:
         raise TypeError(f"dy must have the dtype of the forward input ({x.dtype}), got {dy.dtype}")

@@ -58,3 +58,20 @@ BLOCK_ELEMENTS = _env_int("NUMBANORM_BLOCK_ELEMENTS", 4096)
 COLUMN_BLOCK_ELEMENTS = _env_int("NUMBANORM_COLUMN_BLOCK_ELEMENTS", 16384)
 #: Work items per thread in parallel column reductions (load balance vs merge cost).
 CHUNKS_PER_THREAD = _env_int("NUMBANORM_CHUNKS_PER_THREAD", 4)
+
+# -- CUDA (numbanorm.kernels.cuda; read when the CUDA kernels are first imported) --------
+
+#: Threads per CUDA block, a power of two: block reductions are shared-memory trees
+#: (no warp shuffles, so the same code runs under ``NUMBA_ENABLE_CUDASIM``).
+CUDA_THREADS_PER_BLOCK = _env_int("NUMBANORM_CUDA_THREADS_PER_BLOCK", 256)
+#: Elements each thread reduces in a statistics pass before partial moments are merged:
+#: a channel of ``m`` values is shared by ``m / (threads * items)`` blocks (at most
+#: ``CUDA_MAX_PARTIALS``), whose (count, mean, M2) are Chan-merged by a second kernel.
+CUDA_ITEMS_PER_THREAD = _env_int("NUMBANORM_CUDA_ITEMS_PER_THREAD", 16)
+#: Most partial results per statistic (blocks per channel, row chunks in column sums).
+CUDA_MAX_PARTIALS = _env_int("NUMBANORM_CUDA_MAX_PARTIALS", 64)
+#: Most blocks of an element-wise (grid-stride) CUDA launch.
+CUDA_MAX_BLOCKS = _env_int("NUMBANORM_CUDA_MAX_BLOCKS", 4096)
+#: CUDA fast-math stays off: numba-cuda's ``fastmath=True`` means flush-to-zero and
+#: approximate float32 division and sqrt, which the accuracy target does not survive.
+CUDA_FASTMATH = False

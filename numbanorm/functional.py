@@ -13,6 +13,8 @@ import numpy as np
 
 from . import _layout
 from . import _validation as v
+from ._device import cuda_ops as _cuda
+from ._device import is_cuda_array as _is_cuda
 from .kernels.cpu import batchnorm as _bn
 from .kernels.cpu import groupnorm as _gn
 from .kernels.cpu import instancenorm as _in
@@ -97,6 +99,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     S. Ioffe and C. Szegedy, "Batch Normalization: Accelerating Deep Network Training by
     Reducing Internal Covariate Shift", ICML 2015. arXiv:1502.03167
     """
+    if _is_cuda(x):
+        return _cuda.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, out=out,
+                                return_stats=return_stats)
     c = _check_channels_input(x, 2)
     for name, p in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
@@ -167,6 +172,8 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, bias=None, training=Tr
     -------
     dx : ndarray like ``x``; dweight, dbias : ndarray (C,) in ``x``'s dtype, or None.
     """
+    if _is_cuda(x):
+        return _cuda.batch_norm_backward(dy, x, mean, invstd, weight, bias, training)
     c = _check_channels_input(x, 2, "x")
     v.check_dy(dy, x)
     mean = v.check_stats(mean, "mean", (c,))
@@ -280,6 +287,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     ----------
     J. L. Ba, J. R. Kiros and G. E. Hinton, "Layer Normalization", 2016. arXiv:1607.06450
     """
+    if _is_cuda(x):
+        return _cuda.layer_norm(x, normalized_shape, weight, bias, eps, out=out, return_stats=return_stats)
     y, mean, rstd = _rows_forward(x, normalized_shape, weight, bias, eps, out, center=True)
     return (y, mean, rstd) if return_stats else y
 
@@ -292,6 +301,8 @@ def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, bias=N
     :math:`d\gamma = \sum_{rows} dy\,\hat x`, :math:`d\beta = \sum_{rows} dy`.
     ``mean``/``rstd`` are those returned by ``layer_norm(..., return_stats=True)``.
     """
+    if _is_cuda(x):
+        return _cuda.layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight, bias)
     dx, dw, db = _rows_backward(dy, x, normalized_shape, mean, rstd, weight, center=True)
     return dx, (None if weight is None else dw), (None if bias is None else db)
 
@@ -319,6 +330,8 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_sta
     B. Zhang and R. Sennrich, "Root Mean Square Layer Normalization", NeurIPS 2019.
     arXiv:1910.07467
     """
+    if _is_cuda(x):
+        return _cuda.rms_norm(x, normalized_shape, weight, eps, out=out, return_stats=return_stats)
     v.check_float_array(x, "input")
     y, _, rstd = _rows_forward(x, normalized_shape, weight, None, _rms_eps(eps, x.dtype), out, center=False)
     return (y, rstd) if return_stats else y
@@ -330,6 +343,8 @@ def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None):
     With :math:`\hat x = x r`, :math:`g = dy \odot \gamma`:
     :math:`dx = r\,(g - \hat x\,\overline{g \hat x})`, :math:`d\gamma = \sum_{rows} dy\,\hat x`.
     """
+    if _is_cuda(x):
+        return _cuda.rms_norm_backward(dy, x, normalized_shape, rstd, weight)
     dx, dw, _ = _rows_backward(dy, x, normalized_shape, None, rstd, weight, center=False)
     return dx, (None if weight is None else dw), None
 
@@ -363,6 +378,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None, ret
     ----------
     Y. Wu and K. He, "Group Normalization", ECCV 2018. arXiv:1803.08494
     """
+    if _is_cuda(x):
+        return _cuda.group_norm(x, num_groups, weight, bias, eps, out=out, return_stats=return_stats)
     c = _check_channels_input(x, 2)
     groups = _check_groups(num_groups, c)
     v.check_param(weight, "weight", (c,))
@@ -392,6 +409,8 @@ def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, bias=None):
     :math:`dx = r\,(g - \overline{g} - \hat x\,\overline{g \hat x})`,
     :math:`d\gamma_c = \sum dy\,\hat x`, :math:`d\beta_c = \sum dy` over samples and positions.
     """
+    if _is_cuda(x):
+        return _cuda.group_norm_backward(dy, x, num_groups, mean, rstd, weight, bias)
     c = _check_channels_input(x, 2, "x")
     groups = _check_groups(num_groups, c)
     v.check_dy(dy, x)
@@ -436,6 +455,9 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     D. Ulyanov, A. Vedaldi and V. Lempitsky, "Instance Normalization: The Missing
     Ingredient for Fast Stylization", 2016. arXiv:1607.08022
     """
+    if _is_cuda(x):
+        return _cuda.instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, out=out,
+                                   return_stats=return_stats)
     c = _check_channels_input(x, 3)
     for name, p in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
@@ -483,6 +505,8 @@ def instance_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_
     Per (n, c) instance as for :func:`group_norm_backward` with one channel per group;
     without ``use_input_stats`` the statistics were constants: ``dx = dy * gamma * rstd``.
     """
+    if _is_cuda(x):
+        return _cuda.instance_norm_backward(dy, x, mean, rstd, weight, bias, use_input_stats)
     c = _check_channels_input(x, 3, "x")
     v.check_dy(dy, x)
     mean = v.check_stats(mean, "mean", (x.shape[0], c))

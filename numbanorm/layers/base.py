@@ -1,12 +1,17 @@
 """The common base of every layer: parameters, buffers, modes, state dicts, dtype."""
 
 import copy
+from collections import namedtuple
 
 import numpy as np
 
+from .. import _device
 from .. import _validation as v
 
-__all__ = ["NormBase"]
+__all__ = ["NormBase", "IncompatibleKeys"]
+
+#: What ``load_state_dict`` returns, as in PyTorch.
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
 class NormBase:
@@ -106,8 +111,8 @@ class NormBase:
         return self._saved
 
     def _store_grads(self, dweight, dbias):
-        self.grad_weight = None if dweight is None else dweight.astype(self.weight.dtype, copy=False)
-        self.grad_bias = None if dbias is None else dbias.astype(self.bias.dtype, copy=False)
+        self.grad_weight = None if dweight is None else _device.astype(dweight, self.weight.dtype, copy=False)
+        self.grad_bias = None if dbias is None else _device.astype(dbias, self.bias.dtype, copy=False)
 
     def _cast_params(self, dtype):
         """Parameters in the compute dtype (a cast copy only when dtypes differ)."""
@@ -125,7 +130,7 @@ class NormBase:
 
     def state_dict(self):
         """Copies of parameters and buffers under PyTorch's keys."""
-        return {name: np.array(getattr(self, name), copy=True) for name in self._state_names()}
+        return {name: _device.to_host(getattr(self, name)) for name in self._state_names()}
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy values into the existing arrays, cast to the layer's dtype.
@@ -133,6 +138,11 @@ class NormBase:
         All keys and shapes are checked before anything is written, so a bad state
         dict leaves the layer unchanged. Values may be NumPy arrays or anything
         ``numpy.asarray`` accepts (a PyTorch tensor on the CPU, say).
+
+        Returns
+        -------
+        IncompatibleKeys
+            ``(missing_keys, unexpected_keys)``, both empty after a strict load.
 
         Raises
         ------
@@ -164,17 +174,19 @@ class NormBase:
             values[name] = value
         for name, value in values.items():
             getattr(self, name)[...] = value
-        return self
+        return IncompatibleKeys(missing, unexpected)
 
     def to(self, target):
         """Convert parameters and running statistics to ``np.float32``/``np.float64``
-        (or ``"float32"``/``"float64"``) in place; return the layer."""
-        dtype = v.check_dtype(target, "target dtype")
-        self.dtype = dtype
+        (or ``"float32"``/``"float64"``), or move them to ``"cuda"`` (Numba device arrays)
+        or ``"cpu"``; return the layer. ``num_batches_tracked`` stays a host counter."""
+        device = target.lower() if isinstance(target, str) and target.lower() in ("cuda", "cpu") else None
+        if device is None:
+            self.dtype = v.check_dtype(target, "target dtype")
         for name in self._param_names + self._buffer_names:
             arr = getattr(self, name)
             if arr is not None:
-                setattr(self, name, arr.astype(dtype))
+                setattr(self, name, _device.move(arr, device) if device else _device.astype(arr, self.dtype))
         self._saved = None
         return self
 

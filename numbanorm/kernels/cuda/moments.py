@@ -1,0 +1,185 @@
+"""The CUDA moments primitive: per-thread Welford, block-level Chan merge, partial merges.
+
+A reduction over m values is shared by the threads of a block (and, for long
+reductions, by several blocks). Each thread keeps a float64 (count, mean, M2) of the
+values it strides over, updated with Welford's recurrence (one read of x, no
+``E[x^2] - E[x]^2``); the block then merges its threads' partials pairwise in a
+shared-memory tree with Chan, Golub & LeVeque's formula, and blocks' partials are
+merged the same way by :func:`merge_moments`.
+
+The merge is the CPU primitive itself: :func:`numbanorm.kernels.cpu.moments.chan_merge`
+is an ``@njit`` function, and numba-cuda compiles a CPU dispatcher called from a
+kernel as a device function, so the formula exists once. (Its CPU fast-math flag set
+reaches NVVM as "fastmath on", which only changes float32 division and sqrt; the
+merge is all float64.)
+
+RMSNorm needs the mean of ``x**2`` instead (``center=False``): the same recurrence
+runs on ``x**2`` and only the merged mean is used.
+"""
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from ..cpu.moments import chan_merge
+from ._jit import THREADS, device, kernel, partials
+
+__all__ = [
+    "chan_merge",
+    "welford_add",
+    "block_merge",
+    "block_sum2",
+    "partial_moments",
+    "merge_moments",
+    "channel_stats",
+]
+
+
+@device
+def welford_add(n, mean, m2, v):
+    """Add one float64 value to a running (count, mean, M2) (Welford, 1962)."""
+    n += 1.0
+    d = v - mean
+    mean += d / n
+    m2 += d * (v - mean)
+    return n, mean, m2
+
+
+@device
+def block_merge(n, mean, m2, sh_n, sh_mean, sh_m2):
+    """Chan-merge every thread's (count, mean, M2) of the block; all threads get the total.
+
+    ``sh_*`` are float64 shared arrays of ``THREADS`` entries; the block size must be
+    a power of two. A shared-memory tree: log2(THREADS) steps, each a barrier.
+    """
+    t = cuda.threadIdx.x
+    sh_n[t] = n
+    sh_mean[t] = mean
+    sh_m2[t] = m2
+    cuda.syncthreads()
+    half = cuda.blockDim.x // 2
+    while half > 0:
+        if t < half:
+            nn, mm, ss = chan_merge(sh_n[t], sh_mean[t], sh_m2[t], sh_n[t + half], sh_mean[t + half], sh_m2[t + half])
+            sh_n[t] = nn
+            sh_mean[t] = mm
+            sh_m2[t] = ss
+        cuda.syncthreads()
+        half //= 2
+    nn = sh_n[0]
+    mm = sh_mean[0]
+    ss = sh_m2[0]
+    cuda.syncthreads()  # the shared arrays may be reused right after
+    return nn, mm, ss
+
+
+@device
+def block_sum2(a, b, sh_a, sh_b):
+    """Sum two float64 values over the block (shared-memory tree); all threads get the sums."""
+    t = cuda.threadIdx.x
+    sh_a[t] = a
+    sh_b[t] = b
+    cuda.syncthreads()
+    half = cuda.blockDim.x // 2
+    while half > 0:
+        if t < half:
+            sh_a[t] += sh_a[t + half]
+            sh_b[t] += sh_b[t + half]
+        cuda.syncthreads()
+        half //= 2
+    a = sh_a[0]
+    b = sh_b[0]
+    cuda.syncthreads()
+    return a, b
+
+
+@kernel
+def partial_moments(x3, per_sample, center, chunk, pn, pmean, pm2):
+    """Partial moments of the channels of a C-contiguous (N, C, S) array.
+
+    Grid ``(P * C, K)``: block (q, k) reduces the k-th ``chunk`` of the values of
+    channel ``c = q % C`` — over all samples and positions (``per_sample`` False, P = 1:
+    BatchNorm) or over the positions of sample ``p = q // C`` (P = N: InstanceNorm, and
+    GroupNorm on the (N, G, C/G * S) view) — into ``pn``, ``pmean``, ``pm2`` (P * C, K).
+    With ``center`` False the moments are those of ``x**2`` (RMSNorm).
+    """
+    sh_n = cuda.shared.array(THREADS, np.float64)
+    sh_mean = cuda.shared.array(THREADS, np.float64)
+    sh_m2 = cuda.shared.array(THREADS, np.float64)
+    q = cuda.blockIdx.x
+    k = cuda.blockIdx.y
+    channels = x3.shape[1]
+    length = x3.shape[2]
+    p = q // channels
+    c = q - p * channels
+    span = length if per_sample else x3.shape[0] * length
+    lo = k * chunk
+    hi = min(lo + chunk, span)
+    n = 0.0
+    mean = 0.0
+    m2 = 0.0
+    for j in range(lo + cuda.threadIdx.x, hi, cuda.blockDim.x):
+        r = j // length
+        v = np.float64(x3[p + r, c, j - r * length])
+        if not center:
+            v = v * v
+        n, mean, m2 = welford_add(n, mean, m2, v)
+    n, mean, m2 = block_merge(n, mean, m2, sh_n, sh_mean, sh_m2)
+    if cuda.threadIdx.x == 0:
+        pn[q, k] = n
+        pmean[q, k] = mean
+        pm2[q, k] = m2
+
+
+@kernel
+def merge_moments(pn, pmean, pm2, eps, center, mean, var, rstd):
+    """Chan-merge the K partials of each row q of (Q, K) arrays; one block per row.
+
+    Writes float64 ``mean[q]``, biased ``var[q]`` and ``rstd[q] = 1 / sqrt(var + eps)``;
+    without ``center``, ``mean`` is 0 and ``var`` the mean square (RMSNorm).
+    """
+    sh_n = cuda.shared.array(THREADS, np.float64)
+    sh_mean = cuda.shared.array(THREADS, np.float64)
+    sh_m2 = cuda.shared.array(THREADS, np.float64)
+    q = cuda.blockIdx.x
+    n = 0.0
+    mu = 0.0
+    m2 = 0.0
+    for k in range(cuda.threadIdx.x, pn.shape[1], cuda.blockDim.x):
+        n, mu, m2 = chan_merge(n, mu, m2, pn[q, k], pmean[q, k], pm2[q, k])
+    n, mu, m2 = block_merge(n, mu, m2, sh_n, sh_mean, sh_m2)
+    if cuda.threadIdx.x == 0:
+        if center:
+            vq = m2 / n
+        else:
+            vq = mu
+            mu = 0.0
+        mean[q] = mu
+        var[q] = vq
+        rstd[q] = 1.0 / math.sqrt(vq + eps)
+
+
+def channel_stats(x3, per_sample, eps, center=True):
+    """Statistics of the channels of a C-contiguous (N, C, S) device array.
+
+    Per channel over samples and positions (P = 1) or per (sample, channel) over
+    positions (``per_sample``, P = N). Returns ``(count, mean, var, rstd)`` with float64
+    (P, C) device arrays: partial moments of up to ``config.CUDA_MAX_PARTIALS`` blocks
+    per channel, Chan-merged by a second kernel.
+    """
+    n, c, s = x3.shape
+    planes = n if per_sample else 1
+    span = s if per_sample else n * s
+    chunks, chunk = partials(span)
+    rows = planes * c
+    pn = cuda.device_array((rows, chunks), np.float64)
+    pmean = cuda.device_array((rows, chunks), np.float64)
+    pm2 = cuda.device_array((rows, chunks), np.float64)
+    partial_moments[(rows, chunks), THREADS](x3, bool(per_sample), bool(center), chunk, pn, pmean, pm2)
+    mean = cuda.device_array(rows, np.float64)
+    var = cuda.device_array(rows, np.float64)
+    rstd = cuda.device_array(rows, np.float64)
+    merge_moments[rows, THREADS](pn, pmean, pm2, float(eps), bool(center), mean, var, rstd)
+    shape = (planes, c)
+    return float(span), mean.reshape(shape), var.reshape(shape), rstd.reshape(shape)
