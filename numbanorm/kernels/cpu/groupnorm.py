@@ -5,21 +5,33 @@ channel per group.
 Contiguous (N, C, S) input: a (sample, group) block of ``C/G * S`` values is
 contiguous, so one fused pass per block computes its moments and writes its output
 while the block is in cache (one read of x), and backward likewise reads x and dy once.
-Channels-last input: per-(sample, channel) column moments from the shared channel
-passes are Chan-merged across a group's channels. Neither uses sums of squares.
+Channels-last (N, S, C) input: per-(sample, channel) column moments are Chan-merged
+across a group's channels. With at least one sample per thread, one fused pass per
+sample plane computes the moments and writes the output while the plane is in cache;
+otherwise the shared channel passes parallelize over row chunks. Neither path uses
+sums of squares.
 """
 
+import numba
 import numpy as np
 from numba import prange
 
 from ... import config
 from ._jit import kernel
 from .channels import apply_dx, grad_sums, instance_moments, normalize
-from .elementwise import dx_slice, normalize_slice
-from .moments import merge, slice_moments
-from .sums import slice_grad_sums
+from .elementwise import dx_cols, dx_slice, normalize_cols, normalize_slice
+from .moments import chan_merge, cols_range_moments, merge, slice_moments
+from .sums import cols_block_grad_sums, slice_grad_sums
 
-__all__ = ["group_moments", "blocks_forward", "blocks_backward", "forward", "backward"]
+__all__ = [
+    "group_moments",
+    "blocks_forward",
+    "blocks_backward",
+    "planes_forward",
+    "planes_backward",
+    "forward",
+    "backward",
+]
 
 
 @kernel
@@ -112,6 +124,81 @@ def normalize_groups(layout, x3, y3, mean, rstd, weight, bias):
     normalize(layout, x3, y3, mean_c, scale, np.broadcast_to(shift, mean_c.shape))
 
 
+@kernel
+def planes_forward(x3, y3, groups, weight, bias, eps, block_rows, mean, var, rstd, params):
+    """Fused GroupNorm of channels-last (N, S, C) planes, parallel over samples.
+
+    Per plane: column moments in cache-sized blocks, Chan-merged over each group's
+    channels, then the plane is normalized with per-channel (hi, lo, scale, shift)
+    rows of ``params`` (N, 4, C), in x's dtype. ``weight`` is float64 (C,).
+    """
+    n_planes, _, n_ch = x3.shape
+    per_group = n_ch // groups
+    for n in prange(n_planes):
+        xp = x3[n]
+        col_mean = np.empty(n_ch)
+        col_m2 = np.empty(n_ch)
+        tmp_mean = np.empty(n_ch)
+        tmp_m2 = np.empty(n_ch)
+        count = cols_range_moments(xp, block_rows, col_mean, col_m2, tmp_mean, tmp_m2)
+        p = params[n]
+        for g in range(groups):
+            total, mu, m2 = 0.0, 0.0, 0.0
+            for c in range(g * per_group, (g + 1) * per_group):
+                total, mu, m2 = chan_merge(total, mu, m2, count, col_mean[c], col_m2[c])
+            v = m2 / total
+            inv = 1.0 / np.sqrt(v + eps)
+            mean[n, g] = mu
+            var[n, g] = v
+            rstd[n, g] = inv
+            for c in range(g * per_group, (g + 1) * per_group):
+                p[0, c] = mu
+                p[1, c] = mu - p[0, c]
+                p[2, c] = inv * weight[c]
+                p[3, c] = bias[c]
+        normalize_cols(xp, y3[n], p[0], p[1], p[2], p[3])
+
+
+@kernel
+def planes_backward(x3, dy3, dx3, weight, mean, rstd, stats_grad, s_dy, s_dyx, params):
+    """Fused GroupNorm backward of channels-last (N, S, C) planes, parallel over samples.
+
+    Per plane: per-channel gradient sums into ``s_dy``/``s_dyx`` (N, C), per-group
+    coefficients, then dx with per-channel (hi, lo, a, b, c) rows of ``params`` (N, 5, C).
+    """
+    n_planes, n_rows, n_ch = x3.shape
+    groups = mean.shape[1]
+    per_group = n_ch // groups
+    for n in prange(n_planes):
+        col_mean = np.empty(n_ch)
+        for c in range(n_ch):
+            col_mean[c] = mean[n, c // per_group]
+        s_dy[n] = 0.0
+        s_dyx[n] = 0.0
+        cols_block_grad_sums(x3[n], dy3[n], col_mean, s_dy[n], s_dyx[n])
+        p = params[n]
+        width = n_rows * per_group
+        for g in range(groups):
+            inv = rstd[n, g]
+            s_g = 0.0
+            s_gx = 0.0
+            for c in range(g * per_group, (g + 1) * per_group):
+                s_g += weight[c] * s_dy[n, c]
+                s_gx += weight[c] * s_dyx[n, c]
+            for c in range(g * per_group, (g + 1) * per_group):
+                p[0, c] = mean[n, g]
+                p[1, c] = mean[n, g] - p[0, c]
+                p[2, c] = inv * weight[c]
+                p[3, c] = -inv * s_g / width if stats_grad else 0.0
+                p[4, c] = -inv * inv * inv * s_gx / width if stats_grad else 0.0
+        dx_cols(x3[n], dy3[n], dx3[n], p[0], p[1], p[2], p[3], p[4])
+
+
+def _fused_planes(x3):
+    """Channels-last planes run fused when every thread gets a sample (or it runs serially)."""
+    return x3.size < config.PARALLEL_MIN_ELEMENTS or x3.shape[0] >= numba.get_num_threads()
+
+
 def _weight64(weight, channels):
     return np.ones(channels) if weight is None else np.asarray(weight, dtype=np.float64)
 
@@ -132,6 +219,14 @@ def forward(layout, x3, y3, groups, weight, bias, eps):
         blocks_forward(x2.size, x2, y2, s, _weight64(weight, c), b, eps, config.BLOCK_ELEMENTS,
                        mean.reshape(-1), var.reshape(-1), rstd.reshape(-1), cast)
         return float(x2.shape[1]), mean, var, rstd
+    n, s, c = x3.shape
+    if _fused_planes(x3):
+        mean, var, rstd = (np.empty((n, groups)) for _ in range(3))
+        b = np.zeros(c, x3.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x3.dtype)
+        block_rows = max(1, config.COLUMN_BLOCK_ELEMENTS // c)
+        params = np.empty((n, 4, c), x3.dtype)
+        planes_forward(x3.size, x3, y3, groups, _weight64(weight, c), b, eps, block_rows, mean, var, rstd, params)
+        return float(s * (c // groups)), mean, var, rstd
     count, mean, var = group_moments(layout, x3, groups)
     rstd = 1.0 / np.sqrt(var + eps)
     normalize_groups(layout, x3, y3, mean, rstd, weight, bias)
@@ -157,6 +252,13 @@ def backward(layout, x3, dy3, dx3, mean, rstd, weight, stats_grad=True):
                         np.ascontiguousarray(mean.reshape(-1)), np.ascontiguousarray(rstd.reshape(-1)),
                         stats_grad, s_dy, s_dyx, cast)
         s_dy, s_dyx = s_dy.reshape(n, channels), s_dyx.reshape(n, channels)
+        return (s_dyx * _per_channel(rstd, channels)).sum(axis=0), s_dy.sum(axis=0)
+    if _fused_planes(x3):
+        s_dy = np.empty((n, channels))
+        s_dyx = np.empty((n, channels))
+        params = np.empty((n, 5, channels), x3.dtype)
+        planes_backward(x3.size, x3, dy3, dx3, _weight64(weight, channels), np.ascontiguousarray(mean),
+                        np.ascontiguousarray(rstd), stats_grad, s_dy, s_dyx, params)
         return (s_dyx * _per_channel(rstd, channels)).sum(axis=0), s_dy.sum(axis=0)
     mean_c, rstd_c = _per_channel(mean, channels), _per_channel(rstd, channels)
     s_dy, s_dyx = grad_sums(layout, x3, dy3, mean_c)

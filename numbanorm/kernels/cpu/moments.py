@@ -29,6 +29,7 @@ __all__ = [
     "slice_mean_square",
     "cols_block_moments",
     "cols_merge",
+    "cols_range_moments",
     "rows_moments",
     "cols_moments",
     "merge_partials",
@@ -131,6 +132,27 @@ def rows_moments(x2, block, mean, m2):
         _, mean[r], m2[r] = slice_moments(x2[r], block)
 
 
+@reduce_helper
+def cols_range_moments(x2, block_rows, mean, m2, tmp_mean, tmp_m2):
+    """Column moments of a (rows, C) array walked in cache-sized blocks of ``block_rows``.
+
+    Each block is a two-pass computation, Chan-merged into ``mean``/``m2``;
+    ``tmp_mean``/``tmp_m2`` are (C,) float64 scratch. Returns the row count.
+    """
+    n_rows = x2.shape[0]
+    first = min(block_rows, n_rows)
+    cols_block_moments(x2[:first], mean, m2)
+    count = float(first)
+    lo = first
+    while lo < n_rows:
+        hi = min(lo + block_rows, n_rows)
+        cols_block_moments(x2[lo:hi], tmp_mean, tmp_m2)
+        cols_merge(count, mean, m2, float(hi - lo), tmp_mean, tmp_m2)
+        count += hi - lo
+        lo = hi
+    return count
+
+
 @kernel
 def cols_moments(x3, rows_per_chunk, block_rows, mean, m2):
     """Partial column moments of a C-contiguous (B, R, C) array.
@@ -138,7 +160,6 @@ def cols_moments(x3, rows_per_chunk, block_rows, mean, m2):
     Rows of each of the B planes are cut into K chunks of ``rows_per_chunk`` rows;
     ``mean`` and ``m2`` have shape (B, K, C) and receive each chunk's moments (its
     count is the chunk's row count), to be combined with :func:`merge_partials`.
-    Each chunk walks its rows in blocks of ``block_rows`` that stay in cache.
     """
     nb, nrows, ncols = x3.shape
     nchunks = mean.shape[1]
@@ -147,20 +168,9 @@ def cols_moments(x3, rows_per_chunk, block_rows, mean, m2):
         k = item - b * nchunks
         start = k * rows_per_chunk
         stop = min(start + rows_per_chunk, nrows)
-        out_mean = mean[b, k]
-        out_m2 = m2[b, k]
         tmp_mean = np.empty(ncols, np.float64)
         tmp_m2 = np.empty(ncols, np.float64)
-        first = min(start + block_rows, stop)
-        cols_block_moments(x3[b, start:first], out_mean, out_m2)
-        count = float(first - start)
-        lo = first
-        while lo < stop:
-            hi = min(lo + block_rows, stop)
-            cols_block_moments(x3[b, lo:hi], tmp_mean, tmp_m2)
-            cols_merge(count, out_mean, out_m2, float(hi - lo), tmp_mean, tmp_m2)
-            count += hi - lo
-            lo = hi
+        cols_range_moments(x3[b, start:stop], block_rows, mean[b, k], m2[b, k], tmp_mean, tmp_m2)
 
 
 @kernel
