@@ -1,0 +1,1 @@
+"""asv benchmarks of numbanorm: one module per layer family, machinery in common.py."""

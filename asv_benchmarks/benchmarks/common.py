@@ -1,0 +1,171 @@
+"""Shared machinery of the numbanorm asv suite.
+
+Modelled on scikit-learn's ``asv_benchmarks/benchmarks/common.py``: a ``Benchmark``
+base fixes the timer, repeats and timeout; data are made deterministically in
+``setup``; ``params`` grids; ``time_*``, ``peakmem_*`` and ``track_*`` side by side.
+
+Every family module defines two classes per layer, both over the grid
+``shape x layout x dtype`` (class attributes ``shapes``, ``layouts``, ``dtypes``):
+
+* ``<Layer>`` (:class:`PassBenchmark`, plus a ``pass`` parameter):
+  ``time_pass`` (numbanorm alone, asv's timer), ``track_vs_torch`` (PyTorch time /
+  numbanorm time, >1: numbanorm faster) and ``track_copies`` (numbanorm time / time of
+  a same-size parallel copy). PyTorch and the copy are measured inside the benchmark,
+  interleaved with numbanorm, by the helpers of :mod:`numbanorm.bench`.
+* ``<Layer>Memory`` (:class:`MemoryBenchmark`): ``peakmem_forward``,
+  ``peakmem_backward`` (peak RSS: resident set after setup plus the call's peak; the
+  peak is reset at the end of setup on Linux), and ``track_forward_temp_mib`` /
+  ``track_backward_temp_mib``: memory a call adds beyond the arrays it must return
+  (0 means no full-size temporaries).
+
+Only the rows of SPEC.md run by default (the other grid points are skipped, so that
+``asv run --python=same --quick`` stays short); ``NUMBANORM_ASV_FULL_GRID=1`` runs the
+whole grid. ``NUMBANORM_BENCH_THREADS`` sets the thread count (default 2, capped by
+``NUMBA_NUM_THREADS``).
+"""
+
+import math
+import os
+import sys
+import time
+from abc import ABC, abstractmethod
+
+try:
+    import numbanorm
+except ImportError:  # asv run --python=same on a checkout that is not installed
+    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+    import numbanorm  # noqa: F401
+
+import numba
+
+from numbanorm import bench
+
+THREADS = min(int(os.environ.get("NUMBANORM_BENCH_THREADS", "2")),
+              numba.config.NUMBA_NUM_THREADS)
+FULL_GRID = os.environ.get("NUMBANORM_ASV_FULL_GRID", "") not in ("", "0")
+PASSES = list(bench.PASSES)
+LAYOUTS = list(bench.LAYOUTS)
+DTYPES = list(bench.DTYPES)
+MIB = float(2**20)
+
+#: (op, shape, layout, dtype) of the rows of SPEC.md.
+CANONICAL = {(c.op, c.shape, c.layout, c.dtype) for c in bench.canonical_cases()}
+
+
+class Benchmark:
+    """Base of every numbanorm benchmark: timer, repeats and timeout fixed here."""
+
+    timer = time.perf_counter
+    processes = 1
+    number = 0  # asv calibrates the calls per sample from sample_time
+    sample_time = 0.05
+    repeat = (3, 10, 20.0)  # min repeats, max repeats, max seconds
+    warmup_time = 0.2
+    timeout = 600
+    #: repeats and seconds per repeat of the in-benchmark ratio measurements
+    ratio_repeat = 5
+    ratio_min_time = 0.02
+
+
+class _NormBase(Benchmark, ABC):
+    @property
+    @abstractmethod
+    def op(self):
+        """Layer class name in numbanorm and torch.nn; a class attribute of subclasses
+        (abstract until then, so asv does not collect the bases)."""
+
+    #: GroupNorm group count
+    groups = None
+    shapes = ()
+    layouts = ("contiguous",)
+    dtypes = tuple(DTYPES)
+
+    def _make_case(self, shape, layout, dtype):
+        key = (self.op, tuple(shape), layout, dtype)
+        if not FULL_GRID and key not in CANONICAL:
+            raise NotImplementedError("not a row of SPEC.md (NUMBANORM_ASV_FULL_GRID=1 runs it)")
+        try:
+            case = bench.Case(self.op, shape, layout, dtype, groups=self.groups)
+        except ValueError as exc:
+            raise NotImplementedError(str(exc)) from None
+        bench.set_threads(THREADS)
+        return case
+
+
+class PassBenchmark(_NormBase):
+    """Time of one pass, and its ratios to PyTorch and to the memory copy."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.param_names = ["shape", "layout", "dtype", "pass"]
+        cls.params = [list(cls.shapes), list(cls.layouts), list(cls.dtypes), PASSES]
+
+    def setup(self, shape, layout, dtype, pass_):
+        self.case = self._make_case(shape, layout, dtype)
+        self.pass_ = pass_
+        self.x, self.dy = bench.make_input(self.case)
+        self.run = bench.numbanorm_runner(self.case, pass_, self.x, self.dy)
+        self.run()  # compile (or load from the cache) and touch the pages
+
+    def time_pass(self, shape, layout, dtype, pass_):
+        self.run()
+
+    def track_vs_torch(self, shape, layout, dtype, pass_):
+        if bench._import_torch() is None:
+            return math.nan
+        row = bench.measure(self.case, pass_, THREADS, data=(self.x, self.dy), copy=False,
+                            check=False, repeat=self.ratio_repeat,
+                            min_time=self.ratio_min_time)
+        return row["vs_torch"]
+
+    track_vs_torch.unit = "ratio"
+
+    def track_copies(self, shape, layout, dtype, pass_):
+        row = bench.measure(self.case, pass_, THREADS, data=(self.x, self.dy), torch=False,
+                            check=False, repeat=self.ratio_repeat,
+                            min_time=self.ratio_min_time)
+        return row["copies"]
+
+    track_copies.unit = "copies"
+
+
+class MemoryBenchmark(_NormBase):
+    """Peak memory of a train forward and of the backward that follows it."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.param_names = ["shape", "layout", "dtype"]
+        cls.params = [list(cls.shapes), list(cls.layouts), list(cls.dtypes)]
+
+    def setup(self, shape, layout, dtype):
+        self.case = self._make_case(shape, layout, dtype)
+        self.x, self.dy = bench.make_input(self.case)
+        self.layer = bench.make_numbanorm_layer(self.case).train()
+        # compile and run both directions once, then leave the layer ready for backward
+        self.layer(self.x)
+        self.layer.backward(self.dy)
+        self.layer(self.x)
+        n_params = sum(p.size for p in self.layer.parameters())
+        self.grad_bytes = self.x.nbytes + n_params * self.x.dtype.itemsize
+        bench.reset_peak_rss()
+
+    def peakmem_forward(self, shape, layout, dtype):
+        self.layer(self.x)
+
+    def peakmem_backward(self, shape, layout, dtype):
+        self.layer.backward(self.dy)
+
+    def track_forward_temp_mib(self, shape, layout, dtype):
+        extra = bench.peak_extra_bytes(lambda: self.layer(self.x), self.x.nbytes)
+        return math.nan if extra is None else max(extra, 0) / MIB
+
+    track_forward_temp_mib.unit = "MiB"
+
+    def track_backward_temp_mib(self, shape, layout, dtype):
+        extra = bench.peak_extra_bytes(lambda: self.layer.backward(self.dy), self.grad_bytes)
+        return math.nan if extra is None else max(extra, 0) / MIB
+
+    track_backward_temp_mib.unit = "MiB"
+
+
+__all__ = ["DTYPES", "LAYOUTS", "THREADS", "Benchmark", "MemoryBenchmark", "PassBenchmark"]

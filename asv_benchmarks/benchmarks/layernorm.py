@@ -1,0 +1,15 @@
+"""LayerNorm over the last axis: train forward, train step, eval forward; memory."""
+
+from .common import MemoryBenchmark, PassBenchmark
+
+_SHAPES = [(8192, 768), (32, 768)]
+
+
+class LayerNorm(PassBenchmark):
+    op = "LayerNorm"
+    shapes = _SHAPES
+
+
+class LayerNormMemory(MemoryBenchmark):
+    op = "LayerNorm"
+    shapes = _SHAPES

@@ -1,0 +1,15 @@
+"""RMSNorm over the last axis: train forward, train step, eval forward; memory."""
+
+from .common import MemoryBenchmark, PassBenchmark
+
+_SHAPES = [(8192, 768), (32, 768)]
+
+
+class RMSNorm(PassBenchmark):
+    op = "RMSNorm"
+    shapes = _SHAPES
+
+
+class RMSNormMemory(MemoryBenchmark):
+    op = "RMSNorm"
+    shapes = _SHAPES

@@ -1,0 +1,326 @@
+"""Code paths of the benchmark tooling: ``numbanorm.bench`` and the asv suite.
+
+Tiny shapes only, one repeat, no calibration time: these tests check that the
+benchmarks run and produce a table, a JSON file and a PNG. They never assert a
+timing (machines here are noisy; targets are measured by ``python -m numbanorm bench``).
+"""
+
+import importlib
+import inspect
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from numbanorm import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["--repeat", "1", "--min-time", "0", "--no-progress"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _table_rows(text):
+    """The body lines of the table printed by main (after the dashed rule)."""
+    lines = text.strip().splitlines()
+    rule = next(i for i, line in enumerate(lines) if set(line.replace(" ", "")) == {"-"})
+    return lines[rule - 1], lines[rule + 1:]
+
+
+def test_main_tiny_writes_table_json_and_png(tmp_path):
+    out = io.StringIO()
+    json_path, png_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    rc = bench.main(["--tiny", *FAST, "--json", str(json_path), "--plot", str(png_path)],
+                    out=out)
+    assert rc == 0, out.getvalue()
+    header, body = _table_rows(out.getvalue())
+    for column in ("op", "shape", "layout", "dtype", "pass", "numbanorm", "pytorch", "copy",
+                   "vs torch", "copies"):
+        assert column in header
+    cases = bench.tiny_cases()
+    assert len(body) == len(cases) * len(bench.PASSES)
+    assert not any("error" in line for line in body)
+
+    data = json.loads(json_path.read_text())
+    assert data["meta"]["threads"] == 2
+    rows = data["rows"]
+    assert len(rows) == len(body)
+    assert {r["pass"] for r in rows} == set(bench.PASSES)
+    assert {r["op"] for r in rows} == {c.op for c in cases}
+    for r in rows:
+        assert r["error"] is None
+        assert r["numbanorm_s"] > 0 and r["copy_s"] > 0
+        assert r["copies"] == pytest.approx(r["numbanorm_s"] / r["copy_s"])
+        if data["meta"]["torch"] is not None:
+            assert r["vs_torch"] == pytest.approx(r["torch_s"] / r["numbanorm_s"])
+    assert png_path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_main_without_torch_says_na(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "_import_torch", lambda: None)
+    out = io.StringIO()
+    json_path, png_path = tmp_path / "b.json", tmp_path / "b.png"
+    cases = [bench.Case("LayerNorm", (4, 8)), bench.Case("BatchNorm2d", (2, 4, 3, 3))]
+    rc = bench.main([*FAST, "--json", str(json_path), "--plot", str(png_path)], cases=cases,
+                    out=out)
+    assert rc == 0, out.getvalue()
+    _, body = _table_rows(out.getvalue())
+    assert len(body) == 6
+    assert all(line.count("n/a") == 2 for line in body)  # pytorch time and vs torch
+    data = json.loads(json_path.read_text())
+    assert data["meta"]["torch"] is None
+    assert all(r["torch_s"] is None and r["vs_torch"] is None for r in data["rows"])
+    assert all(r["copies"] > 0 for r in data["rows"])
+    assert png_path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_no_torch_option(tmp_path):
+    out = io.StringIO()
+    rc = bench.main(["--tiny", *FAST, "--no-torch", "--filter", "RMSNorm"], out=out)
+    assert rc == 0
+    _, body = _table_rows(out.getvalue())
+    assert len(body) == 3 and all("n/a" in line for line in body)
+
+
+def test_plot_without_matplotlib_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    def missing():
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(bench, "_import_pyplot", missing)
+    rc = bench.main(["--tiny", *FAST, "--plot", str(tmp_path / "p.png")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1
+    assert "matplotlib" in err and "numbanorm[bench]" in err
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_progress_bar_without_tqdm(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm -> ImportError
+    out = io.StringIO()
+    rc = bench.main(["--tiny", "--repeat", "1", "--min-time", "0", "--filter",
+                     "LayerNorm 4x8 contiguous float32", "--pass", "eval_forward"], out=out)
+    assert rc == 0
+    assert len(_table_rows(out.getvalue())[1]) == 1
+
+
+def test_filter_pass_and_threads_list():
+    out = io.StringIO()
+    rc = bench.main(["--tiny", *FAST, "--filter", "layernorm", "--filter", "rmsnorm",
+                     "--pass", "train_step", "--threads", "1,2"], out=out)
+    assert rc == 0
+    header, body = _table_rows(out.getvalue())
+    assert "threads" in header
+    # LayerNorm float32 and float64, RMSNorm; one pass; two thread counts
+    assert len(body) == 3 * 2
+    assert all("train_step" in line for line in body)
+    assert all(line.split()[0] in ("LayerNorm", "RMSNorm") for line in body)
+
+
+def test_usage_errors(capsys):
+    import numba
+
+    assert bench.main(["--tiny", *FAST, "--filter", "no such layer"]) == 2
+    assert "--filter" in capsys.readouterr().err
+    too_many = numba.config.NUMBA_NUM_THREADS + 1
+    assert bench.main(["--tiny", *FAST, "--threads", str(too_many)]) == 2
+    assert "NUMBA_NUM_THREADS" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--threads", "0"])
+
+
+def test_failing_row_is_reported_and_the_rest_runs(monkeypatch):
+    real = bench.make_numbanorm_layer
+
+    def flaky(case):
+        if case.op == "RMSNorm":
+            raise RuntimeError("boom")
+        return real(case)
+
+    monkeypatch.setattr(bench, "make_numbanorm_layer", flaky)
+    out = io.StringIO()
+    cases = [bench.Case("RMSNorm", (4, 8)), bench.Case("LayerNorm", (4, 8))]
+    rc = bench.main([*FAST, "--pass", "eval_forward"], cases=cases, out=out)
+    assert rc == 1
+    _, body = _table_rows(out.getvalue())
+    assert "error" in body[0] and "error" not in body[1]
+
+
+@pytest.mark.parametrize("pass_", bench.PASSES)
+def test_measure_row_and_agreement_with_torch(pass_):
+    case = bench.Case("BatchNorm2d", (3, 4, 5, 2), "channels_last")
+    row = bench.measure(case, pass_, threads=1, repeat=1, min_time=0.0)
+    assert row["shape"] == [3, 4, 5, 2] and row["pass"] == pass_ and row["threads"] == 1
+    assert row["numbanorm_s"] > 0 and row["copy_s"] > 0
+    if bench._import_torch() is not None:
+        assert row["torch_s"] > 0
+        assert row["max_abs_diff"] < 1e-4
+    only_copy = bench.measure(case, pass_, threads=1, repeat=1, min_time=0.0, torch=False)
+    assert only_copy["torch_s"] is None and only_copy["copies"] > 0
+
+
+def test_make_input_layouts_and_dtypes():
+    x, dy = bench.make_input(bench.Case("GroupNorm", (2, 6, 3, 4), "channels_last", "float64"))
+    assert x.shape == dy.shape == (2, 6, 3, 4)
+    assert x.dtype == np.float64
+    assert x.transpose(0, 2, 3, 1).flags.c_contiguous and not x.flags.c_contiguous
+    x2, _ = bench.make_input(bench.Case("GroupNorm", (2, 6, 3, 4), "channels_last", "float64"))
+    np.testing.assert_array_equal(x, x2)  # deterministic
+    x, _ = bench.make_input(bench.Case("InstanceNorm1d", (2, 3, 5), "channels_last"))
+    assert x.transpose(0, 2, 1).flags.c_contiguous and x.dtype == np.float32
+    x, _ = bench.make_input(bench.Case("LayerNorm", (4, 8)))
+    assert x.flags.c_contiguous
+
+
+def test_case_validation():
+    assert bench.Case("GroupNorm", (2, 64, 3, 3)).groups == 32
+    assert bench.Case("GroupNorm", (2, 6, 3, 3)).groups == 2
+    with pytest.raises(ValueError, match="divisible"):
+        bench.Case("GroupNorm", (2, 6, 3, 3), groups=4)
+    with pytest.raises(ValueError, match="channels_last"):
+        bench.Case("LayerNorm", (4, 8), "channels_last")
+    with pytest.raises(ValueError, match="unknown op"):
+        bench.Case("Dropout", (4, 8))
+    with pytest.raises(ValueError, match="dimensions"):
+        bench.Case("BatchNorm2d", (4, 8))
+    with pytest.raises(ValueError, match="dtype"):
+        bench.Case("LayerNorm", (4, 8), dtype="float16")
+
+
+def test_canonical_cases_are_the_spec_rows():
+    cases = bench.canonical_cases()
+    assert len(cases) == 14 and len(set(cases)) == 14
+    assert sum(c.dtype == "float64" for c in cases) == 2
+    assert sum(c.layout == "channels_last" for c in cases) == 3
+    assert all(c.groups == 32 for c in cases if c.op == "GroupNorm")
+    assert all(c.shape != (64, 128, 56, 56) for c in bench.quick_cases())
+
+
+def test_time_interleaved_and_format_table():
+    calls = {"a": 0, "b": 0}
+
+    def make(name):
+        def fn():
+            calls[name] += 1
+        return fn
+
+    res = bench.time_interleaved({"a": make("a"), "b": make("b"), "none": None}, repeat=3,
+                                 min_time=0.0, warmup=2, settle=0)
+    assert set(res) == {"a", "b"}
+    assert res["a"]["repeat"] == 3 and res["a"]["median"] > 0 and res["a"]["number"] >= 1
+    assert calls["a"] == 2 + 1 + 3 * res["a"]["number"]
+
+    row = dict(op="GroupNorm", groups=32, shape=[2, 64, 3, 3], layout="contiguous",
+               dtype="float32", threads=2, numbanorm_s=2e-6, torch_s=3e-3, copy_s=1.5,
+               vs_torch=1500.0, copies=1.3e-6, error=None)
+    err = dict(row, threads=1, error="ValueError: bad", numbanorm_s=None)
+    text = bench.format_table([dict(row, **{"pass": "train_step"}),
+                               dict(err, **{"pass": "eval_forward"})])
+    header, body = _table_rows(text)
+    assert "threads" in header
+    assert "GroupNorm G=32" in body[0] and "2.0 us" in body[0] and "3.00 ms" in body[0]
+    assert "1.500 s" in body[0] and "1500.00" in body[0]
+    assert "error" in body[1]
+
+
+def test_peak_extra_bytes_sees_a_temporary():
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux /proc")
+    x = np.ones(2_000_000)
+    extra = bench.peak_extra_bytes(lambda: x.astype(np.float32).astype(np.float64), x.nbytes)
+    if extra is None:
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    assert extra > 0.8 * x.nbytes / 2  # the float32 temporary
+
+
+# ---------------------------------------------------------------------------- asv
+
+
+@pytest.fixture(scope="module")
+def asv_modules():
+    path = os.path.join(ROOT, "asv_benchmarks")
+    sys.path.insert(0, path)
+    try:
+        names = ["batchnorm", "layernorm", "rmsnorm", "groupnorm", "instancenorm"]
+        yield {n: importlib.import_module(f"benchmarks.{n}") for n in names}
+    finally:
+        sys.path.remove(path)
+
+
+def _benchmark_classes(modules):
+    from benchmarks.common import MemoryBenchmark, PassBenchmark
+
+    for module in modules.values():
+        for name, obj in vars(module).items():
+            if (isinstance(obj, type) and not name.startswith("_")
+                    and not inspect.isabstract(obj)  # the bases, as asv sees them
+                    and issubclass(obj, (PassBenchmark, MemoryBenchmark))):
+                yield obj
+
+
+def test_asv_grids_cover_every_canonical_row(asv_modules):
+    covered = set()
+    classes = list(_benchmark_classes(asv_modules))
+    assert {c.__name__ for c in classes} >= {
+        "BatchNorm2d", "BatchNorm1d", "LayerNorm", "RMSNorm", "GroupNorm", "InstanceNorm2d",
+        "BatchNorm2dMemory", "BatchNorm1dMemory", "LayerNormMemory", "RMSNormMemory",
+        "GroupNormMemory", "InstanceNorm2dMemory"}
+    for cls in classes:
+        assert len(cls.params) == len(cls.param_names)
+        if cls.__name__.endswith("Memory"):
+            assert cls.param_names == ["shape", "layout", "dtype"]
+        else:
+            assert cls.param_names == ["shape", "layout", "dtype", "pass"]
+            assert cls.params[3] == list(bench.PASSES)
+            for shape in cls.params[0]:
+                for layout in cls.params[1]:
+                    for dtype in cls.params[2]:
+                        covered.add((cls.op, tuple(shape), layout, dtype))
+    spec = {(c.op, c.shape, c.layout, c.dtype) for c in bench.canonical_cases()}
+    assert spec <= covered
+
+
+def test_asv_benchmarks_run_on_a_small_row(asv_modules):
+    ln = asv_modules["layernorm"]
+    params = ((32, 768), "contiguous", "float32")
+    for pass_ in bench.PASSES:
+        b = ln.LayerNorm()
+        b.ratio_repeat, b.ratio_min_time = 1, 0.0
+        b.setup(*params, pass_)
+        b.time_pass(*params, pass_)
+        copies = b.track_copies(*params, pass_)
+        assert copies > 0
+        vs_torch = b.track_vs_torch(*params, pass_)
+        assert vs_torch > 0 or (math.isnan(vs_torch) and bench._import_torch() is None)
+    m = ln.LayerNormMemory()
+    m.setup(*params)
+    m.peakmem_forward(*params)
+    m.peakmem_backward(*params)
+    for track in (m.track_forward_temp_mib, m.track_backward_temp_mib):
+        value = track(*params)
+        assert value >= 0 or math.isnan(value)
+
+
+def test_asv_skips_rows_outside_the_spec(asv_modules, monkeypatch):
+    common = importlib.import_module("benchmarks.common")
+    monkeypatch.setattr(common, "FULL_GRID", False)
+    b = asv_modules["layernorm"].LayerNorm()
+    with pytest.raises(NotImplementedError):
+        b.setup((32, 768), "contiguous", "float64", "train_forward")  # not a SPEC row
+
+
+def test_cli_entry_point(tmp_path):
+    if not os.path.exists(os.path.join(ROOT, "numbanorm", "__main__.py")):
+        pytest.skip("numbanorm/__main__.py (python -m numbanorm) not written yet")
+    proc = subprocess.run(
+        [sys.executable, "-m", "numbanorm", "bench", "--tiny", *FAST, "--filter",
+         "BatchNorm1d", "--pass", "eval_forward", "--json", str(tmp_path / "b.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, NUMBA_NUM_THREADS="2"))
+    assert proc.returncode == 0, proc.stderr
+    assert "BatchNorm1d" in proc.stdout and "vs torch" in proc.stdout
+    assert len(json.loads((tmp_path / "b.json").read_text())["rows"]) == 1
