@@ -13,13 +13,17 @@ import numpy as np
 __all__ = ["channel_view", "like_view", "new_output", "match_layout"]
 
 
-def channel_view(x):
-    """Return ``(layout, x3)`` for an (N, C, *spatial) array, copying only odd strides."""
+def channel_view(x, rows_2d=False):
+    """Return ``(layout, x3)`` for an (N, C, *spatial) array, copying only odd strides.
+
+    (N, C) input is a channels-last problem with S = 1 (channels are the fast axis),
+    unless ``rows_2d``: then it is ``("cf", (N, C, 1))``, for statistics per sample.
+    """
     n, c = x.shape[:2]
     s = math.prod(x.shape[2:])
     if x.ndim == 2:
-        # (N, C): channels are the fast axis, a channels-last problem with S = 1.
-        return "cl", np.ascontiguousarray(x).reshape(n, 1, c)
+        x2 = np.ascontiguousarray(x)
+        return ("cf", x2.reshape(n, c, 1)) if rows_2d else ("cl", x2.reshape(n, 1, c))
     if x.flags.c_contiguous:
         return "cf", x.reshape(n, c, s)
     last = np.moveaxis(x, 1, -1)
@@ -35,6 +39,8 @@ def like_view(layout, x3, arr):
     """Bring ``arr`` (shaped like the original input) into the same 3-D view as ``x3``."""
     n = arr.shape[0]
     c = arr.shape[1]
+    if arr.ndim == 2:
+        return np.ascontiguousarray(arr).reshape(x3.shape)
     if layout == "cl":
         if arr.ndim == 2:
             return np.ascontiguousarray(arr).reshape(n, 1, c)
@@ -49,9 +55,7 @@ def new_output(layout, x3, shape, dtype=None):
 
 
 def _unview(layout, out3, shape):
-    if layout == "cf":
-        return out3.reshape(shape)
-    if len(shape) == 2:
+    if layout == "cf" or len(shape) == 2:
         return out3.reshape(shape)
     n, c = shape[:2]
     return np.moveaxis(out3.reshape((n,) + tuple(shape[2:]) + (c,)), -1, 1)
@@ -59,10 +63,9 @@ def _unview(layout, out3, shape):
 
 def match_layout(layout, x3, out):
     """A kernel view that writes straight into ``out``, or None if its layout differs."""
-    n, c = out.shape[:2]
+    if out.ndim == 2:
+        return out.reshape(x3.shape) if out.flags.c_contiguous else None
     if layout == "cl":
-        if out.ndim == 2:
-            return out.reshape(n, 1, c) if out.flags.c_contiguous else None
         last = np.moveaxis(out, 1, -1)
         return last.reshape(x3.shape) if last.flags.c_contiguous else None
     return out.reshape(x3.shape) if out.flags.c_contiguous else None

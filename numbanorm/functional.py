@@ -387,7 +387,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None, ret
     eps = v.check_eps(eps)
     v.check_out(out, x)
     n = x.shape[0]
-    layout, x3 = _layout.channel_view(x)
+    layout, x3 = _layout.channel_view(x, rows_2d=True)
     if x.size == 0:
         y = np.empty_like(x) if out is None else out
         stats = np.full((n, groups), np.nan)
@@ -423,7 +423,7 @@ def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, bias=None):
 
 def _channel_backward(driver, dy, x, mean, rstd, weight, bias, stats_grad):
     c = x.shape[1]
-    layout, x3 = _layout.channel_view(x)
+    layout, x3 = _layout.channel_view(x, rows_2d=True)  # GroupNorm (N, C): rows, as forward
     dx3, dx = _layout.new_output(layout, x3, x.shape)
     if x.size == 0:
         dw, db = np.zeros(c), np.zeros(c)

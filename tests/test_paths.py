@@ -42,9 +42,11 @@ def _close(got, expected):
 SHAPES = [(1, 6, 9, 7), (5, 6, 9, 7)]
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES + [(37, 6)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_group_norm_paths(path, shape, layout):
+    if len(shape) == 2 and layout == "channels_last":
+        pytest.skip("2-D input has one layout")
     x, dy, w, b = _data(shape, layout)
     y, mean, rstd = F.group_norm(x, 3, w, b, return_stats=True)
     ry, rmean, rrstd = ref.group_norm(x, 3, w, b)

@@ -20,7 +20,7 @@ def forward_train(layout, x3, y3, weight, bias, eps):
     count, mean, m2 = channel_moments(layout, x3)
     var = m2 / count
     invstd = 1.0 / np.sqrt(var + eps)
-    _affine_normalize(layout, x3, y3, mean, invstd, weight, bias)
+    normalize(layout, x3, y3, mean, invstd, weight, bias)
     return count, mean, var, invstd
 
 
@@ -28,15 +28,8 @@ def forward_eval(layout, x3, y3, running_mean, running_var, weight, bias, eps):
     """One pass ``y = (x - running_mean) * weight / sqrt(running_var + eps) + bias``; return invstd."""
     mean = np.asarray(running_mean, dtype=np.float64)
     invstd = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
-    _affine_normalize(layout, x3, y3, mean, invstd, weight, bias)
+    normalize(layout, x3, y3, mean, invstd, weight, bias)
     return mean, invstd
-
-
-def _affine_normalize(layout, x3, y3, mean, invstd, weight, bias):
-    weight, bias = _as64(weight), _as64(bias)
-    scale = invstd if weight is None else invstd * weight
-    shift = np.zeros_like(mean) if bias is None else bias
-    normalize(layout, x3, y3, mean, scale, shift)
 
 
 def backward(layout, x3, dy3, dx3, mean, invstd, weight, training, count):

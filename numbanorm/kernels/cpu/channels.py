@@ -15,18 +15,11 @@ arrays with P = 1 (per channel, BatchNorm) or P = N (per sample and channel).
 
 import numpy as np
 
-from .elementwise import dx_planes, dx_rows, normalize_planes, normalize_rows
+from .elementwise import dx_planes, dx_rows, normalize_planes, normalize_rows, pack_affine, pack_dx
 from .moments import _plan_chunks, column_moments, merge, row_moments
 from .sums import column_grad_sums, row_grad_sums
 
-__all__ = ["hi_lo", "channel_moments", "instance_moments", "normalize", "grad_sums", "apply_dx"]
-
-
-def hi_lo(mean, dtype):
-    """Split float64 means into ``dtype`` (hi, lo) with ``hi + lo`` ~ mean at ~2x precision."""
-    hi = mean.astype(dtype)
-    lo = (mean - hi).astype(dtype)
-    return hi, lo
+__all__ = ["channel_moments", "instance_moments", "normalize", "grad_sums", "apply_dx"]
 
 
 def _rows2(mean):
@@ -62,29 +55,30 @@ def instance_moments(layout, x3):
     return count, mean.reshape(n, c), m2.reshape(n, c)
 
 
-def _prepared(x3, shape, *params):
-    """Parameters as C-contiguous ``shape`` arrays in x's dtype (broadcast only when needed)."""
-    dtype = x3.dtype
-    out = []
-    for p in params:
-        p = np.asarray(p, dtype=dtype)
-        p = p.reshape(shape) if p.size == shape[0] * shape[1] else np.broadcast_to(p, shape)
-        out.append(np.ascontiguousarray(p))
-    return out
+def _per_channel64(values, channels, fill):
+    """A (C,) float64 parameter, or ``fill`` everywhere when it is None."""
+    if values is None:
+        return np.full(channels, fill)
+    return np.asarray(values, dtype=np.float64)
 
 
-def normalize(layout, x3, y3, mean, scale, shift):
-    """``y = (x - mean) * scale + shift`` with (P, C) float64 params, mean as a hi/lo pair."""
-    mean = _rows2(mean)
-    mean_hi, mean_lo = hi_lo(mean, x3.dtype)
-    scale, shift = _prepared(x3, mean.shape, scale, shift)
+def normalize(layout, x3, y3, mean, rstd, weight=None, bias=None):
+    """``y = (x - mean) * rstd * weight + bias``.
+
+    ``mean``/``rstd`` are float64, per channel (C,) or per (sample, channel) (N, C);
+    ``weight``/``bias`` are (C,) or None. The mean is subtracted as a hi/lo pair.
+    """
+    mean, rstd = _rows2(mean), _rows2(rstd)
+    channels = mean.shape[1]
+    q = np.empty((4,) + mean.shape, x3.dtype)
+    pack_affine(mean, rstd, _per_channel64(weight, channels, 1.0), _per_channel64(bias, channels, 0.0), q)
     if layout == "cf":
-        normalize_rows(x3.size, x3, y3, mean_hi, mean_lo, scale, shift)
+        normalize_rows(x3.size, x3, y3, q)
         return
     per_sample = mean.shape[0] > 1
     xp, yp = _planes(layout, x3, per_sample), _planes(layout, y3, per_sample)
     rows_per_chunk, nchunks, _ = _plan_chunks(*xp.shape)
-    normalize_planes(xp.size, xp, yp, mean_hi, mean_lo, scale, shift, rows_per_chunk, nchunks)
+    normalize_planes(xp.size, xp, yp, q, rows_per_chunk, nchunks)
 
 
 def grad_sums(layout, x3, dy3, mean):
@@ -103,14 +97,14 @@ def grad_sums(layout, x3, dy3, mean):
 
 
 def apply_dx(layout, x3, dy3, dx3, mean, a, b, c):
-    """``dx = a * dy + c * (x - mean) + b`` with (P, C) float64 coefficients."""
+    """``dx = a * dy + c * (x - mean) + b`` with float64 (C,) or (N, C) coefficients."""
     mean = _rows2(mean)
-    mean_hi, mean_lo = hi_lo(mean, x3.dtype)
-    a, b, c = _prepared(x3, mean.shape, a, b, c)
+    q = np.empty((5,) + mean.shape, x3.dtype)
+    pack_dx(mean, *(np.broadcast_to(_rows2(v), mean.shape) for v in (a, b, c)), q)
     if layout == "cf":
-        dx_rows(x3.size, x3, dy3, dx3, mean_hi, mean_lo, a, b, c)
+        dx_rows(x3.size, x3, dy3, dx3, q)
         return
     per_sample = mean.shape[0] > 1
     xp, dyp, dxp = (_planes(layout, v, per_sample) for v in (x3, dy3, dx3))
     rows_per_chunk, nchunks, _ = _plan_chunks(*xp.shape)
-    dx_planes(xp.size, xp, dyp, dxp, mean_hi, mean_lo, a, b, c, rows_per_chunk, nchunks)
+    dx_planes(xp.size, xp, dyp, dxp, q, rows_per_chunk, nchunks)

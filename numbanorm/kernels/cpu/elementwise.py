@@ -24,6 +24,8 @@ __all__ = [
     "dx_slice",
     "normalize_cols",
     "dx_cols",
+    "pack_affine",
+    "pack_dx",
     "normalize_rows",
     "dx_rows",
     "normalize_planes",
@@ -75,54 +77,81 @@ def dx_cols(x2, dy2, dx2, mean_hi, mean_lo, a, b, c):
             dxr[j] = a[j] * dyr[j] + c[j] * ((xr[j] - mean_hi[j]) - mean_lo[j]) + b[j]
 
 
+@elementwise_helper
+def pack_affine(mean, rstd, weight, bias, q):
+    """Fill ``q`` (4, P, C) in x's dtype with (mean_hi, mean_lo, rstd * weight, bias).
+
+    ``mean``/``rstd`` are float64 (P, C), ``weight``/``bias`` float64 (C,). Storing
+    rounds each value to x's dtype; ``mean_lo`` is what that rounding lost.
+    """
+    for p in range(mean.shape[0]):
+        for c in range(mean.shape[1]):
+            q[0, p, c] = mean[p, c]
+            q[1, p, c] = mean[p, c] - q[0, p, c]
+            q[2, p, c] = rstd[p, c] * weight[c]
+            q[3, p, c] = bias[c]
+
+
+@elementwise_helper
+def pack_dx(mean, a, b, c, q):
+    """Fill ``q`` (5, P, C) in x's dtype with (mean_hi, mean_lo, a, b, c) from float64 (P, C)."""
+    for p in range(mean.shape[0]):
+        for j in range(mean.shape[1]):
+            q[0, p, j] = mean[p, j]
+            q[1, p, j] = mean[p, j] - q[0, p, j]
+            q[2, p, j] = a[p, j]
+            q[3, p, j] = b[p, j]
+            q[4, p, j] = c[p, j]
+
+
 @kernel
-def normalize_rows(x3, y3, mean_hi, mean_lo, scale, shift):
-    """Channels-first pass: each (n, c) row of a (N, C, S) array with params (P, C), P in {1, N}."""
+def normalize_rows(x3, y3, q):
+    """Channels-first pass: each (n, c) row of a (N, C, S) array, params ``q`` (4, P, C), P in {1, N}."""
     n_samples, n_channels, _ = x3.shape
-    per_sample = mean_hi.shape[0] > 1
+    per_sample = q.shape[1] > 1
     for r in prange(n_samples * n_channels):
         n = r // n_channels
         c = r - n * n_channels
         p = n if per_sample else 0
-        normalize_slice(x3[n, c], y3[n, c], mean_hi[p, c], mean_lo[p, c], scale[p, c], shift[p, c])
+        normalize_slice(x3[n, c], y3[n, c], q[0, p, c], q[1, p, c], q[2, p, c], q[3, p, c])
 
 
 @kernel
-def dx_rows(x3, dy3, dx3, mean_hi, mean_lo, a, b, c):
-    """Channels-first dx: each (n, c) row of (N, C, S) arrays with coefficients (P, C)."""
+def dx_rows(x3, dy3, dx3, q):
+    """Channels-first dx: each (n, c) row of (N, C, S) arrays, coefficients ``q`` (5, P, C)."""
     n_samples, n_channels, _ = x3.shape
-    per_sample = mean_hi.shape[0] > 1
+    per_sample = q.shape[1] > 1
     for r in prange(n_samples * n_channels):
         n = r // n_channels
-        ch = r - n * n_channels
+        c = r - n * n_channels
         p = n if per_sample else 0
-        dx_slice(x3[n, ch], dy3[n, ch], dx3[n, ch], mean_hi[p, ch], mean_lo[p, ch], a[p, ch], b[p, ch], c[p, ch])
+        dx_slice(x3[n, c], dy3[n, c], dx3[n, c], q[0, p, c], q[1, p, c], q[2, p, c], q[3, p, c], q[4, p, c])
 
 
 @kernel
-def normalize_planes(x3, y3, mean_hi, mean_lo, scale, shift, rows_per_chunk, nchunks):
-    """Channels-last pass over (B, R, C) arrays, plane b with params row b (or row 0)."""
+def normalize_planes(x3, y3, q, rows_per_chunk, nchunks):
+    """Channels-last pass over (B, R, C) arrays, plane b with params ``q[:, b]`` (or ``q[:, 0]``)."""
     n_planes, n_rows, _ = x3.shape
-    per_plane = mean_hi.shape[0] > 1
+    per_plane = q.shape[1] > 1
     for item in prange(n_planes * nchunks):
         b = item // nchunks
         lo = (item - b * nchunks) * rows_per_chunk
         hi = min(lo + rows_per_chunk, n_rows)
         p = b if per_plane else 0
-        normalize_cols(x3[b, lo:hi], y3[b, lo:hi], mean_hi[p], mean_lo[p], scale[p], shift[p])
+        normalize_cols(x3[b, lo:hi], y3[b, lo:hi], q[0, p], q[1, p], q[2, p], q[3, p])
 
 
 @kernel
-def dx_planes(x3, dy3, dx3, mean_hi, mean_lo, a, b, c, rows_per_chunk, nchunks):
-    """Channels-last dx over (B, R, C) arrays, plane b with coefficient row b (or row 0)."""
+def dx_planes(x3, dy3, dx3, q, rows_per_chunk, nchunks):
+    """Channels-last dx over (B, R, C) arrays, plane b with coefficients ``q[:, b]`` (or ``q[:, 0]``)."""
     n_planes, n_rows, _ = x3.shape
-    per_plane = mean_hi.shape[0] > 1
+    per_plane = q.shape[1] > 1
     for item in prange(n_planes * nchunks):
-        pl = item // nchunks
-        lo = (item - pl * nchunks) * rows_per_chunk
+        b = item // nchunks
+        lo = (item - b * nchunks) * rows_per_chunk
         hi = min(lo + rows_per_chunk, n_rows)
-        p = pl if per_plane else 0
-        dx_cols(x3[pl, lo:hi], dy3[pl, lo:hi], dx3[pl, lo:hi], mean_hi[p], mean_lo[p], a[p], b[p], c[p])
+        p = b if per_plane else 0
+        dx_cols(x3[b, lo:hi], dy3[b, lo:hi], dx3[b, lo:hi], q[0, p], q[1, p], q[2, p], q[3, p], q[4, p])
 
 
 @elementwise_helper

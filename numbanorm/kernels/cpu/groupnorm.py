@@ -19,9 +19,9 @@ from numba import prange
 from ... import config
 from ._jit import kernel
 from .channels import apply_dx, grad_sums, instance_moments, normalize
-from .elementwise import dx_cols, dx_slice, normalize_cols, normalize_slice
+from .elementwise import dx_cols, dx_slice, dx_slice_affine, normalize_cols, normalize_slice, normalize_slice_affine
 from .moments import chan_merge, cols_range_moments, merge, slice_moments
-from .sums import cols_block_grad_sums, slice_grad_sums
+from .sums import cols_block_grad_sums, slice_grad_sums, slice_weighted_grad_sums
 
 __all__ = [
     "group_moments",
@@ -35,11 +35,11 @@ __all__ = [
 
 
 @kernel
-def blocks_forward(x2, y2, seg, weight, bias, eps, block, mean, var, rstd, cast):
+def blocks_forward(x2, y2, seg, weight, weight_x, bias, eps, block, mean, var, rstd, cast):
     """Fused GroupNorm of contiguous (N*G, C/G*S) blocks: moments, then each channel's segment.
 
-    ``weight`` is float64 (C,), ``bias`` (C,) in x's dtype; ``cast`` (R, 3) is x-dtype scratch
-    through which float64 values are rounded by storing them.
+    ``weight`` is float64 (C,), ``weight_x`` and ``bias`` (C,) in x's dtype; ``cast`` (R, 3) is
+    x-dtype scratch through which float64 values are rounded by storing them.
     """
     n_blocks, width = x2.shape
     per_group = width // seg
@@ -55,6 +55,12 @@ def blocks_forward(x2, y2, seg, weight, bias, eps, block, mean, var, rstd, cast)
         cast[r, 0] = mu
         cast[r, 1] = mu - cast[r, 0]
         first = (r % groups) * per_group
+        if seg == 1:
+            # (N, C) input: one value per channel, per-element weight and bias.
+            cast[r, 2] = inv
+            normalize_slice_affine(xr, yr, cast[r, 0], cast[r, 1], cast[r, 2], weight_x[first:first + per_group],
+                                   bias[first:first + per_group])
+            continue
         for j in range(per_group):
             cast[r, 2] = inv * weight[first + j]
             lo = j * seg
@@ -62,7 +68,7 @@ def blocks_forward(x2, y2, seg, weight, bias, eps, block, mean, var, rstd, cast)
 
 
 @kernel
-def blocks_backward(x2, dy2, dx2, seg, weight, mean, rstd, stats_grad, s_dy, s_dyx, cast):
+def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, stats_grad, s_dy, s_dyx, cast):
     """Fused GroupNorm backward of contiguous (N*G, C/G*S) blocks.
 
     Per block: per-channel ``sum(dy)`` and ``sum(dy * (x - mean))`` into ``s_dy``/``s_dyx``
@@ -78,6 +84,21 @@ def blocks_backward(x2, dy2, dx2, seg, weight, mean, rstd, stats_grad, s_dy, s_d
         mu = mean[r]
         inv = rstd[r]
         first = (r % groups) * per_group
+        cast[r, 0] = mu
+        cast[r, 1] = mu - cast[r, 0]
+        if seg == 1:
+            # (N, C) input: one value per channel, per-element weight.
+            w = weight[first:first + per_group]
+            for j in range(per_group):
+                s_dy[r, j] = dyr[j]
+                s_dyx[r, j] = np.float64(dyr[j]) * (xr[j] - mu)
+            s_g, s_gx = slice_weighted_grad_sums(xr, dyr, w, mu)
+            cast[r, 2] = inv
+            cast[r, 3] = -inv * s_g / width if stats_grad else 0.0
+            cast[r, 4] = -inv * inv * inv * s_gx / width if stats_grad else 0.0
+            dx_slice_affine(xr, dyr, dxr, cast[r, 0], cast[r, 1], cast[r, 2], weight_x[first:first + per_group],
+                            cast[r, 3], cast[r, 4])
+            continue
         s_g = 0.0
         s_gx = 0.0
         for j in range(per_group):
@@ -87,8 +108,6 @@ def blocks_backward(x2, dy2, dx2, seg, weight, mean, rstd, stats_grad, s_dy, s_d
             s_dyx[r, j] = b
             s_g += weight[first + j] * a
             s_gx += weight[first + j] * b
-        cast[r, 0] = mu
-        cast[r, 1] = mu - cast[r, 0]
         cast[r, 2] = -inv * s_g / width if stats_grad else 0.0
         cast[r, 3] = -inv * inv * inv * s_gx / width if stats_grad else 0.0
         for j in range(per_group):
@@ -118,15 +137,12 @@ def _per_channel(values, channels):
 def normalize_groups(layout, x3, y3, mean, rstd, weight, bias):
     """``y = (x - mean_g) * rstd_g * weight_c + bias_c`` for (N, G) statistics."""
     channels = x3.shape[1] if layout == "cf" else x3.shape[2]
-    mean_c, rstd_c = _per_channel(mean, channels), _per_channel(rstd, channels)
-    scale = rstd_c if weight is None else rstd_c * np.asarray(weight, dtype=np.float64)
-    shift = np.zeros(channels) if bias is None else np.asarray(bias, dtype=np.float64)
-    normalize(layout, x3, y3, mean_c, scale, np.broadcast_to(shift, mean_c.shape))
+    normalize(layout, x3, y3, _per_channel(mean, channels), _per_channel(rstd, channels), weight, bias)
 
 
 @kernel
-def planes_forward(x3, y3, groups, weight, bias, eps, block_rows, mean, var, rstd, params):
-    """Fused GroupNorm of channels-last (N, S, C) planes, parallel over samples.
+def planes_forward(x3, y3, groups, weight, bias, eps, block_rows, planes_per_item, mean, var, rstd, params):
+    """Fused GroupNorm of channels-last (N, S, C) planes, parallel over runs of samples.
 
     Per plane: column moments in cache-sized blocks, Chan-merged over each group's
     channels, then the plane is normalized with per-channel (hi, lo, scale, shift)
@@ -134,34 +150,33 @@ def planes_forward(x3, y3, groups, weight, bias, eps, block_rows, mean, var, rst
     """
     n_planes, _, n_ch = x3.shape
     per_group = n_ch // groups
-    for n in prange(n_planes):
-        xp = x3[n]
-        col_mean = np.empty(n_ch)
-        col_m2 = np.empty(n_ch)
-        tmp_mean = np.empty(n_ch)
-        tmp_m2 = np.empty(n_ch)
-        count = cols_range_moments(xp, block_rows, col_mean, col_m2, tmp_mean, tmp_m2)
-        p = params[n]
-        for g in range(groups):
-            total, mu, m2 = 0.0, 0.0, 0.0
-            for c in range(g * per_group, (g + 1) * per_group):
-                total, mu, m2 = chan_merge(total, mu, m2, count, col_mean[c], col_m2[c])
-            v = m2 / total
-            inv = 1.0 / np.sqrt(v + eps)
-            mean[n, g] = mu
-            var[n, g] = v
-            rstd[n, g] = inv
-            for c in range(g * per_group, (g + 1) * per_group):
-                p[0, c] = mu
-                p[1, c] = mu - p[0, c]
-                p[2, c] = inv * weight[c]
-                p[3, c] = bias[c]
-        normalize_cols(xp, y3[n], p[0], p[1], p[2], p[3])
+    n_items = -(-n_planes // planes_per_item)
+    for item in prange(n_items):
+        col = np.empty((4, n_ch))  # scratch, once per work item
+        for n in range(item * planes_per_item, min((item + 1) * planes_per_item, n_planes)):
+            xp = x3[n]
+            count = cols_range_moments(xp, block_rows, col[0], col[1], col[2], col[3])
+            p = params[n]
+            for g in range(groups):
+                total, mu, m2 = 0.0, 0.0, 0.0
+                for c in range(g * per_group, (g + 1) * per_group):
+                    total, mu, m2 = chan_merge(total, mu, m2, count, col[0, c], col[1, c])
+                v = m2 / total
+                inv = 1.0 / np.sqrt(v + eps)
+                mean[n, g] = mu
+                var[n, g] = v
+                rstd[n, g] = inv
+                for c in range(g * per_group, (g + 1) * per_group):
+                    p[0, c] = mu
+                    p[1, c] = mu - p[0, c]
+                    p[2, c] = inv * weight[c]
+                    p[3, c] = bias[c]
+            normalize_cols(xp, y3[n], p[0], p[1], p[2], p[3])
 
 
 @kernel
-def planes_backward(x3, dy3, dx3, weight, mean, rstd, stats_grad, s_dy, s_dyx, params):
-    """Fused GroupNorm backward of channels-last (N, S, C) planes, parallel over samples.
+def planes_backward(x3, dy3, dx3, weight, mean, rstd, stats_grad, planes_per_item, s_dy, s_dyx, params):
+    """Fused GroupNorm backward of channels-last (N, S, C) planes, parallel over runs of samples.
 
     Per plane: per-channel gradient sums into ``s_dy``/``s_dyx`` (N, C), per-group
     coefficients, then dx with per-channel (hi, lo, a, b, c) rows of ``params`` (N, 5, C).
@@ -169,29 +184,37 @@ def planes_backward(x3, dy3, dx3, weight, mean, rstd, stats_grad, s_dy, s_dyx, p
     n_planes, n_rows, n_ch = x3.shape
     groups = mean.shape[1]
     per_group = n_ch // groups
-    for n in prange(n_planes):
-        col_mean = np.empty(n_ch)
-        for c in range(n_ch):
-            col_mean[c] = mean[n, c // per_group]
-        s_dy[n] = 0.0
-        s_dyx[n] = 0.0
-        cols_block_grad_sums(x3[n], dy3[n], col_mean, s_dy[n], s_dyx[n])
-        p = params[n]
-        width = n_rows * per_group
-        for g in range(groups):
-            inv = rstd[n, g]
-            s_g = 0.0
-            s_gx = 0.0
-            for c in range(g * per_group, (g + 1) * per_group):
-                s_g += weight[c] * s_dy[n, c]
-                s_gx += weight[c] * s_dyx[n, c]
-            for c in range(g * per_group, (g + 1) * per_group):
-                p[0, c] = mean[n, g]
-                p[1, c] = mean[n, g] - p[0, c]
-                p[2, c] = inv * weight[c]
-                p[3, c] = -inv * s_g / width if stats_grad else 0.0
-                p[4, c] = -inv * inv * inv * s_gx / width if stats_grad else 0.0
-        dx_cols(x3[n], dy3[n], dx3[n], p[0], p[1], p[2], p[3], p[4])
+    width = n_rows * per_group
+    n_items = -(-n_planes // planes_per_item)
+    for item in prange(n_items):
+        col_mean = np.empty(n_ch)  # scratch, once per work item
+        for n in range(item * planes_per_item, min((item + 1) * planes_per_item, n_planes)):
+            for c in range(n_ch):
+                col_mean[c] = mean[n, c // per_group]
+            s_dy[n] = 0.0
+            s_dyx[n] = 0.0
+            cols_block_grad_sums(x3[n], dy3[n], col_mean, s_dy[n], s_dyx[n])
+            p = params[n]
+            for g in range(groups):
+                inv = rstd[n, g]
+                s_g = 0.0
+                s_gx = 0.0
+                for c in range(g * per_group, (g + 1) * per_group):
+                    s_g += weight[c] * s_dy[n, c]
+                    s_gx += weight[c] * s_dyx[n, c]
+                for c in range(g * per_group, (g + 1) * per_group):
+                    p[0, c] = mean[n, g]
+                    p[1, c] = mean[n, g] - p[0, c]
+                    p[2, c] = inv * weight[c]
+                    p[3, c] = -inv * s_g / width if stats_grad else 0.0
+                    p[4, c] = -inv * inv * inv * s_gx / width if stats_grad else 0.0
+            dx_cols(x3[n], dy3[n], dx3[n], p[0], p[1], p[2], p[3], p[4])
+
+
+def _planes_per_item(n_planes):
+    """Samples per work item: a few items per thread, so scratch is allocated rarely."""
+    items = numba.get_num_threads() * config.CHUNKS_PER_THREAD
+    return max(1, -(-n_planes // items))
 
 
 def _fused_planes(x3):
@@ -216,7 +239,8 @@ def forward(layout, x3, y3, groups, weight, bias, eps):
         mean, var, rstd = (np.empty((n, groups)) for _ in range(3))
         b = np.zeros(c, x3.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x3.dtype)
         cast = np.empty((x2.shape[0], 3), x3.dtype)
-        blocks_forward(x2.size, x2, y2, s, _weight64(weight, c), b, eps, config.BLOCK_ELEMENTS,
+        w = _weight64(weight, c)
+        blocks_forward(x2.size, x2, y2, s, w, w.astype(x3.dtype), b, eps, config.BLOCK_ELEMENTS,
                        mean.reshape(-1), var.reshape(-1), rstd.reshape(-1), cast)
         return float(x2.shape[1]), mean, var, rstd
     n, s, c = x3.shape
@@ -225,7 +249,8 @@ def forward(layout, x3, y3, groups, weight, bias, eps):
         b = np.zeros(c, x3.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x3.dtype)
         block_rows = max(1, config.COLUMN_BLOCK_ELEMENTS // c)
         params = np.empty((n, 4, c), x3.dtype)
-        planes_forward(x3.size, x3, y3, groups, _weight64(weight, c), b, eps, block_rows, mean, var, rstd, params)
+        planes_forward(x3.size, x3, y3, groups, _weight64(weight, c), b, eps, block_rows, _planes_per_item(n),
+                       mean, var, rstd, params)
         return float(s * (c // groups)), mean, var, rstd
     count, mean, var = group_moments(layout, x3, groups)
     rstd = 1.0 / np.sqrt(var + eps)
@@ -248,7 +273,8 @@ def backward(layout, x3, dy3, dx3, mean, rstd, weight, stats_grad=True):
         s_dy = np.empty((x2.shape[0], per_group))
         s_dyx = np.empty((x2.shape[0], per_group))
         cast = np.empty((x2.shape[0], 5), x3.dtype)
-        blocks_backward(x2.size, x2, dy2, dx2, x3.shape[2], _weight64(weight, channels),
+        w = _weight64(weight, channels)
+        blocks_backward(x2.size, x2, dy2, dx2, x3.shape[2], w, w.astype(x3.dtype),
                         np.ascontiguousarray(mean.reshape(-1)), np.ascontiguousarray(rstd.reshape(-1)),
                         stats_grad, s_dy, s_dyx, cast)
         s_dy, s_dyx = s_dy.reshape(n, channels), s_dyx.reshape(n, channels)
@@ -258,7 +284,7 @@ def backward(layout, x3, dy3, dx3, mean, rstd, weight, stats_grad=True):
         s_dyx = np.empty((n, channels))
         params = np.empty((n, 5, channels), x3.dtype)
         planes_backward(x3.size, x3, dy3, dx3, _weight64(weight, channels), np.ascontiguousarray(mean),
-                        np.ascontiguousarray(rstd), stats_grad, s_dy, s_dyx, params)
+                        np.ascontiguousarray(rstd), stats_grad, _planes_per_item(n), s_dy, s_dyx, params)
         return (s_dyx * _per_channel(rstd, channels)).sum(axis=0), s_dy.sum(axis=0)
     mean_c, rstd_c = _per_channel(mean, channels), _per_channel(rstd, channels)
     s_dy, s_dyx = grad_sums(layout, x3, dy3, mean_c)
