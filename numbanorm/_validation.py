@@ -4,6 +4,7 @@ Everything is validated before any state changes, and every error names what was
 wrong and what was expected.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -72,7 +73,9 @@ def check_stats(arr, name, shape):
 
 def check_eps(eps):
     """Return eps as a float, or raise for a non-number, negative or non-finite value."""
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not np.isfinite(eps) or eps < 0:
+    if type(eps) is float and 0.0 <= eps < math.inf:  # the common case, checked cheaply
+        return eps
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be a finite non-negative number, got {eps!r}")
     return float(eps)
 
@@ -81,6 +84,8 @@ def check_momentum(momentum, allow_none=True):
     """Return momentum as a float (or None where allowed); it must lie in [0, 1]."""
     if momentum is None and allow_none:
         return None
+    if type(momentum) is float and 0.0 <= momentum <= 1.0:
+        return momentum
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
         expected = "a number in [0, 1] or None" if allow_none else "a number in [0, 1]"
         raise ValueError(f"momentum must be {expected}, got {momentum!r}")

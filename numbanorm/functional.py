@@ -7,6 +7,7 @@ The input's dtype (float32 or float64) sets the compute and output dtype;
 parameters of the other float dtype are cast for the call.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -16,6 +17,7 @@ from . import _validation as v
 from ._device import cuda_ops as _cuda
 from ._device import is_cuda_array as _is_cuda
 from .kernels.cpu import batchnorm as _bn
+from .kernels.cpu import channels as _channels
 from .kernels.cpu import groupnorm as _gn
 from .kernels.cpu import instancenorm as _in
 from .kernels.cpu import layernorm as _ln
@@ -134,10 +136,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
     y = _finish(layout, x3, x, out, compute)
     if training and running_mean is not None:
-        n = stats["count"]
-        unbiased = stats["var"] * (n / (n - 1))
-        running_mean[...] = (1.0 - momentum) * running_mean + momentum * stats["mean"]
-        running_var[...] = (1.0 - momentum) * running_var + momentum * unbiased
+        _channels.update_running_stats(running_mean, running_var, stats["mean"], stats["var"], momentum,
+                                       stats["count"])
     if return_stats:
         return y, stats["mean"], stats["invstd"]
     return y
@@ -196,15 +196,23 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, bias=None, training=Tr
 
 def normalized_shape_tuple(normalized_shape):
     """``normalized_shape`` as a tuple of positive ints (an int means one trailing dim)."""
-    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
-        normalized_shape = (normalized_shape,)
-    try:
-        shape = tuple(normalized_shape)
-    except TypeError:
-        raise TypeError(f"normalized_shape must be an int or a tuple of ints, got {normalized_shape!r}") from None
-    if not shape or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in shape):
+    if type(normalized_shape) is int:
+        shape = (normalized_shape,)
+    elif type(normalized_shape) is tuple and all(type(d) is int for d in normalized_shape):
+        shape = normalized_shape
+    else:
+        if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+            normalized_shape = (normalized_shape,)
+        try:
+            shape = tuple(normalized_shape)
+        except TypeError:
+            raise TypeError(f"normalized_shape must be an int or a tuple of ints, got {normalized_shape!r}") from None
+        if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in shape):
+            raise ValueError(f"normalized_shape must be a non-empty tuple of positive ints, got {normalized_shape!r}")
+        shape = tuple(int(d) for d in shape)
+    if not shape or min(shape) <= 0:
         raise ValueError(f"normalized_shape must be a non-empty tuple of positive ints, got {normalized_shape!r}")
-    return tuple(int(d) for d in shape)
+    return shape
 
 
 def _rows_view(x, normalized_shape, name="input"):
@@ -215,7 +223,7 @@ def _rows_view(x, normalized_shape, name="input"):
     if x.ndim < k or x.shape[x.ndim - k:] != shape:
         raise ValueError(f"expected {name} with trailing dimensions {list(shape)} (normalized_shape), "
                          f"got shape {x.shape}")
-    width = int(np.prod(shape))
+    width = math.prod(shape)
     return shape, np.ascontiguousarray(x).reshape(-1, width)
 
 
@@ -491,9 +499,9 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     if use_input_stats:
         count, mean, var, rstd = result["stats"]
         if running_mean is not None:
-            unbiased = var * (count / (count - 1))
-            running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean.mean(axis=0)
-            running_var[...] = (1.0 - momentum) * running_var + momentum * unbiased.mean(axis=0)
+            # PyTorch averages the per-instance statistics over the batch.
+            _channels.update_running_stats(running_mean, running_var, mean.mean(axis=0), var.mean(axis=0),
+                                           momentum, count)
     else:
         _, mean, rstd = result["stats"]
     return (y, mean, rstd) if return_stats else y

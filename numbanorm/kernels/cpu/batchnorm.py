@@ -6,30 +6,38 @@ Drivers over the shared channel passes; every array here is a C-contiguous 3-D v
 
 import numpy as np
 
-from .channels import apply_dx, channel_moments, grad_sums, normalize
+from .channels import apply_dx, channel_moments, grad_sums, normalize_packed
+from .elementwise import pack_stats
 
 __all__ = ["forward_train", "forward_eval", "backward"]
 
+_NONE = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
 
-def _as64(p):
-    return None if p is None else np.asarray(p, dtype=np.float64)
+
+def _normalize_with(layout, x3, y3, mean, m2, inv_count, eps, weight, bias):
+    """Pack per-channel params from (mean, m2 * inv_count) in one kernel, then normalize."""
+    channels = mean.size
+    q = np.empty((4, 1, channels), x3.dtype)
+    var = np.empty(channels)
+    rstd = np.empty(channels)
+    none = _NONE[x3.dtype]
+    pack_stats(mean, m2, inv_count, eps, none if weight is None else weight, none if bias is None else bias,
+               q, var, rstd)
+    normalize_packed(layout, x3, y3, q)
+    return var, rstd
 
 
 def forward_train(layout, x3, y3, weight, bias, eps):
     """Normalize with batch statistics; return (count, mean, biased var, invstd) per channel."""
     count, mean, m2 = channel_moments(layout, x3)
-    var = m2 / count
-    invstd = 1.0 / np.sqrt(var + eps)
-    normalize(layout, x3, y3, mean, invstd, weight, bias)
+    var, invstd = _normalize_with(layout, x3, y3, mean, m2, 1.0 / count, eps, weight, bias)
     return count, mean, var, invstd
 
 
 def forward_eval(layout, x3, y3, running_mean, running_var, weight, bias, eps):
     """One pass ``y = (x - running_mean) * weight / sqrt(running_var + eps) + bias``; return invstd."""
-    mean = np.asarray(running_mean, dtype=np.float64)
-    invstd = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
-    normalize(layout, x3, y3, mean, invstd, weight, bias)
-    return mean, invstd
+    _, invstd = _normalize_with(layout, x3, y3, running_mean, running_var, 1.0, eps, weight, bias)
+    return running_mean.astype(np.float64), invstd
 
 
 def backward(layout, x3, dy3, dx3, mean, invstd, weight, training, count):
@@ -42,7 +50,7 @@ def backward(layout, x3, dy3, dx3, mean, invstd, weight, training, count):
     """
     s_dy, s_dyx = grad_sums(layout, x3, dy3, mean)
     s_dy, s_dyxhat = s_dy[0], s_dyx[0] * invstd
-    a = invstd if weight is None else invstd * _as64(weight)
+    a = invstd if weight is None else invstd * weight
     if training:
         b = -a * s_dy / count
         c = -a * invstd * s_dyxhat / count

@@ -15,11 +15,19 @@ arrays with P = 1 (per channel, BatchNorm) or P = N (per sample and channel).
 
 import numpy as np
 
-from .elementwise import dx_planes, dx_rows, normalize_planes, normalize_rows, pack_affine, pack_dx
+from .elementwise import dx_planes, dx_rows, normalize_planes, normalize_rows, pack_affine, pack_dx, update_running
 from .moments import _plan_chunks, column_moments, merge, row_moments
 from .sums import column_grad_sums, row_grad_sums
 
-__all__ = ["channel_moments", "instance_moments", "normalize", "grad_sums", "apply_dx"]
+__all__ = [
+    "channel_moments",
+    "instance_moments",
+    "normalize",
+    "normalize_packed",
+    "grad_sums",
+    "apply_dx",
+    "update_running_stats",
+]
 
 
 def _rows2(mean):
@@ -72,10 +80,15 @@ def normalize(layout, x3, y3, mean, rstd, weight=None, bias=None):
     channels = mean.shape[1]
     q = np.empty((4,) + mean.shape, x3.dtype)
     pack_affine(mean, rstd, _per_channel64(weight, channels, 1.0), _per_channel64(bias, channels, 0.0), q)
+    normalize_packed(layout, x3, y3, q)
+
+
+def normalize_packed(layout, x3, y3, q):
+    """``y = ((x - q[0]) - q[1]) * q[2] + q[3]`` with packed (4, P, C) params in x's dtype."""
     if layout == "cf":
         normalize_rows(x3.size, x3, y3, q)
         return
-    per_sample = mean.shape[0] > 1
+    per_sample = q.shape[1] > 1
     xp, yp = _planes(layout, x3, per_sample), _planes(layout, y3, per_sample)
     rows_per_chunk, nchunks, _ = _plan_chunks(*xp.shape)
     normalize_planes(xp.size, xp, yp, q, rows_per_chunk, nchunks)
@@ -108,3 +121,9 @@ def apply_dx(layout, x3, dy3, dx3, mean, a, b, c):
     xp, dyp, dxp = (_planes(layout, v, per_sample) for v in (x3, dy3, dx3))
     rows_per_chunk, nchunks, _ = _plan_chunks(*xp.shape)
     dx_planes(xp.size, xp, dyp, dxp, q, rows_per_chunk, nchunks)
+
+
+def update_running_stats(running_mean, running_var, mean, var, momentum, count):
+    """In place: ``r = (1 - momentum) * r + momentum * s`` per channel, with the unbiased
+    variance ``var * count / (count - 1)`` (BatchNorm, and InstanceNorm's batch averages)."""
+    update_running(running_mean, running_var, mean, var, momentum, count / (count - 1))

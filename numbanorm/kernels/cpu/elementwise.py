@@ -25,6 +25,8 @@ __all__ = [
     "normalize_cols",
     "dx_cols",
     "pack_affine",
+    "pack_stats",
+    "update_running",
     "pack_dx",
     "normalize_rows",
     "dx_rows",
@@ -90,6 +92,34 @@ def pack_affine(mean, rstd, weight, bias, q):
             q[1, p, c] = mean[p, c] - q[0, p, c]
             q[2, p, c] = rstd[p, c] * weight[c]
             q[3, p, c] = bias[c]
+
+
+@elementwise_helper
+def pack_stats(mean, m2, inv_count, eps, weight, bias, q, var, rstd):
+    """Statistics to packed params: ``var = m2 * inv_count``, ``rstd = 1 / sqrt(var + eps)``.
+
+    ``mean``/``m2`` (C,) of any float dtype (batch moments, or running mean and
+    variance with ``inv_count = 1``); ``weight``/``bias`` (C,) or empty for none.
+    Fills float64 ``var``/``rstd`` (C,) and ``q`` (4, 1, C) as :func:`pack_affine` does.
+    """
+    for c in range(mean.size):
+        mu = np.float64(mean[c])
+        v = m2[c] * inv_count
+        r = 1.0 / np.sqrt(v + eps)
+        var[c] = v
+        rstd[c] = r
+        q[0, 0, c] = mu
+        q[1, 0, c] = mu - q[0, 0, c]
+        q[2, 0, c] = r * weight[c] if weight.size else r
+        q[3, 0, c] = bias[c] if bias.size else 0.0
+
+
+@elementwise_helper
+def update_running(running_mean, running_var, mean, var, momentum, unbias):
+    """``r = (1 - momentum) * r + momentum * s`` in float64, variance scaled by ``unbias``."""
+    for c in range(running_mean.size):
+        running_mean[c] = (1.0 - momentum) * np.float64(running_mean[c]) + momentum * mean[c]
+        running_var[c] = (1.0 - momentum) * np.float64(running_var[c]) + momentum * var[c] * unbias
 
 
 @elementwise_helper
