@@ -500,8 +500,7 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         count, mean, var, rstd = result["stats"]
         if running_mean is not None:
             # PyTorch averages the per-instance statistics over the batch.
-            _channels.update_running_stats(running_mean, running_var, mean.mean(axis=0), var.mean(axis=0),
-                                           momentum, count)
+            _channels.update_running_stats(running_mean, running_var, mean, var, momentum, count)
     else:
         _, mean, rstd = result["stats"]
     return (y, mean, rstd) if return_stats else y

@@ -14,14 +14,14 @@ __all__ = ["forward_train", "forward_eval", "backward"]
 _NONE = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
 
 
-def _normalize_with(layout, x3, y3, mean, m2, inv_count, eps, weight, bias):
-    """Pack per-channel params from (mean, m2 * inv_count) in one kernel, then normalize."""
+def _normalize_with(layout, x3, y3, mean, m2, count, eps, weight, bias):
+    """Pack per-channel params from (mean, m2 / count) in one kernel, then normalize."""
     channels = mean.size
     q = np.empty((4, 1, channels), x3.dtype)
     var = np.empty(channels)
     rstd = np.empty(channels)
     none = _NONE[x3.dtype]
-    pack_stats(mean, m2, inv_count, eps, none if weight is None else weight, none if bias is None else bias,
+    pack_stats(mean, m2, count, eps, none if weight is None else weight, none if bias is None else bias,
                q, var, rstd)
     normalize_packed(layout, x3, y3, q)
     return var, rstd
@@ -30,7 +30,7 @@ def _normalize_with(layout, x3, y3, mean, m2, inv_count, eps, weight, bias):
 def forward_train(layout, x3, y3, weight, bias, eps):
     """Normalize with batch statistics; return (count, mean, biased var, invstd) per channel."""
     count, mean, m2 = channel_moments(layout, x3)
-    var, invstd = _normalize_with(layout, x3, y3, mean, m2, 1.0 / count, eps, weight, bias)
+    var, invstd = _normalize_with(layout, x3, y3, mean, m2, count, eps, weight, bias)
     return count, mean, var, invstd
 
 

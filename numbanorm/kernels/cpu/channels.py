@@ -125,5 +125,6 @@ def apply_dx(layout, x3, dy3, dx3, mean, a, b, c):
 
 def update_running_stats(running_mean, running_var, mean, var, momentum, count):
     """In place: ``r = (1 - momentum) * r + momentum * s`` per channel, with the unbiased
-    variance ``var * count / (count - 1)`` (BatchNorm, and InstanceNorm's batch averages)."""
-    update_running(running_mean, running_var, mean, var, momentum, count / (count - 1))
+    variance ``var * count / (count - 1)``; (N, C) statistics (InstanceNorm) are averaged
+    over the batch first, as PyTorch does."""
+    update_running(running_mean, running_var, _rows2(mean), _rows2(var), momentum, count / (count - 1))

@@ -95,16 +95,16 @@ def pack_affine(mean, rstd, weight, bias, q):
 
 
 @elementwise_helper
-def pack_stats(mean, m2, inv_count, eps, weight, bias, q, var, rstd):
-    """Statistics to packed params: ``var = m2 * inv_count``, ``rstd = 1 / sqrt(var + eps)``.
+def pack_stats(mean, m2, count, eps, weight, bias, q, var, rstd):
+    """Statistics to packed params: ``var = m2 / count``, ``rstd = 1 / sqrt(var + eps)``.
 
     ``mean``/``m2`` (C,) of any float dtype (batch moments, or running mean and
-    variance with ``inv_count = 1``); ``weight``/``bias`` (C,) or empty for none.
+    variance with ``count = 1``); ``weight``/``bias`` (C,) or empty for none.
     Fills float64 ``var``/``rstd`` (C,) and ``q`` (4, 1, C) as :func:`pack_affine` does.
     """
     for c in range(mean.size):
         mu = np.float64(mean[c])
-        v = m2[c] * inv_count
+        v = m2[c] / count
         r = 1.0 / np.sqrt(v + eps)
         var[c] = v
         rstd[c] = r
@@ -116,10 +116,18 @@ def pack_stats(mean, m2, inv_count, eps, weight, bias, q, var, rstd):
 
 @elementwise_helper
 def update_running(running_mean, running_var, mean, var, momentum, unbias):
-    """``r = (1 - momentum) * r + momentum * s`` in float64, variance scaled by ``unbias``."""
+    """``r = (1 - momentum) * r + momentum * s`` in float64, s averaged over the P rows of
+    (P, C) ``mean``/``var``, the variance scaled by ``unbias``. The CUDA twin sums in the
+    same order, so both give the same running statistics."""
+    planes = mean.shape[0]
     for c in range(running_mean.size):
-        running_mean[c] = (1.0 - momentum) * np.float64(running_mean[c]) + momentum * mean[c]
-        running_var[c] = (1.0 - momentum) * np.float64(running_var[c]) + momentum * var[c] * unbias
+        s_mean = 0.0
+        s_var = 0.0
+        for p in range(planes):
+            s_mean += mean[p, c]
+            s_var += var[p, c]
+        running_mean[c] = (1.0 - momentum) * np.float64(running_mean[c]) + momentum * (s_mean / planes)
+        running_var[c] = (1.0 - momentum) * np.float64(running_var[c]) + momentum * (s_var / planes * unbias)
 
 
 @elementwise_helper

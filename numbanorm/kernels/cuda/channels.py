@@ -45,8 +45,9 @@ def _update_running(mean, var, count, momentum, running_mean, running_var):
             s_mean += mean[p, c]
             s_var += var[p, c]
         unbiased = count / (count - 1.0)
-        running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * (s_mean / planes)
-        running_var[c] = (1.0 - momentum) * running_var[c] + momentum * (s_var / planes * unbiased)
+        # float64 on the device and in the simulator alike (NumPy scalars would stay float32)
+        running_mean[c] = (1.0 - momentum) * np.float64(running_mean[c]) + momentum * (s_mean / planes)
+        running_var[c] = (1.0 - momentum) * np.float64(running_var[c]) + momentum * (s_var / planes * unbiased)
 
 
 @kernel
