@@ -60,6 +60,22 @@ def _missing_extra(plot):
 def run_demo(*, epochs, seed=0, out="numbanorm-demo", plot=True, timing_repeats=TIMING_REPEATS,
              echo=print):
     """Run every part of the demo, print as it goes, and return the results as a dict."""
+    import numbanorm
+
+    start = time.perf_counter()
+    # The demo interleaves tiny numbanorm calls with NumPy matmuls. OpenBLAS's idle threads
+    # spin, so a numbanorm parallel region started right after a matmul waits for a core
+    # (measured here: ~8 ms per switch on 2 cores). At these sizes the serial kernels are
+    # fast anyway: run them serially, and restore the setting afterwards.
+    parallel, numbanorm.config.PARALLEL = numbanorm.config.PARALLEL, False
+    try:
+        return _run_demo(epochs=epochs, seed=seed, out=out, plot=plot, timing_repeats=timing_repeats,
+                         echo=echo, start=start)
+    finally:
+        numbanorm.config.PARALLEL = parallel
+
+
+def _run_demo(*, epochs, seed, out, plot, timing_repeats, echo, start):
     from tqdm import tqdm
 
     import numbanorm
@@ -69,7 +85,6 @@ def run_demo(*, epochs, seed=0, out="numbanorm-demo", plot=True, timing_repeats=
     from .inference import compare_folded, train_mode_pitfall
     from .train import RunResult, make_cnn, make_mlp, train_run
 
-    start = time.perf_counter()
     os.makedirs(out, exist_ok=True)
     data = load_digits_split(seed)
     x_img_train, x_img_test = data.images(data.x_train), data.images(data.x_test)
