@@ -234,8 +234,8 @@ def _rows_forward(x, normalized_shape, weight, bias, eps, out, center):
     eps = v.check_eps(eps)
     v.check_out(out, x)
     width = x2.shape[1]
-    w = np.ones(width, x.dtype) if weight is None else np.ascontiguousarray(weight, dtype=x.dtype).reshape(width)
-    b = np.zeros(width, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype).reshape(width)
+    w = _row_param(weight, width, x.dtype, 1)
+    b = _row_param(bias, width, x.dtype, 0)
     if out is not None and out.flags.c_contiguous:
         y2 = out.reshape(x2.shape)
     else:
@@ -248,7 +248,18 @@ def _rows_forward(x, normalized_shape, weight, bias, eps, out, center):
         y = out
     else:
         y = y2.reshape(x.shape)
-    return y, mean.reshape(stat_shape), rstd.reshape(stat_shape)
+    if len(stat_shape) != 1:
+        mean, rstd = mean.reshape(stat_shape), rstd.reshape(stat_shape)
+    return y, mean, rstd
+
+
+def _row_param(p, width, dtype, fill):
+    """A (D,) C-contiguous parameter in x's dtype (a copy only when needed)."""
+    if p is None:
+        return np.full(width, fill, dtype)
+    if p.dtype == dtype and p.ndim == 1 and p.flags.c_contiguous:
+        return p
+    return np.ascontiguousarray(p, dtype=dtype).reshape(width)
 
 
 def _rows_backward(dy, x, normalized_shape, mean, rstd, weight, center):
@@ -259,7 +270,7 @@ def _rows_backward(dy, x, normalized_shape, mean, rstd, weight, center):
     rstd = v.check_stats(rstd, "rstd", stat_shape).reshape(-1)
     mean = np.zeros_like(rstd) if mean is None else v.check_stats(mean, "mean", stat_shape).reshape(-1)
     width = x2.shape[1]
-    w = np.ones(width, x.dtype) if weight is None else np.ascontiguousarray(weight, dtype=x.dtype).reshape(width)
+    w = _row_param(weight, width, x.dtype, 1)
     dy2 = np.ascontiguousarray(dy).reshape(x2.shape)
     dx2 = np.empty(x2.shape, x.dtype)
     dw, db = _ln.backward(x2, dy2, dx2, w, mean, rstd, center)

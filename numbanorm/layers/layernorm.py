@@ -10,14 +10,8 @@ __all__ = ["LayerNorm", "RMSNorm"]
 
 
 class _TrailingNorm(NormBase):
-    """Shared by LayerNorm and RMSNorm: checks the trailing dims, keeps (x, stats) for backward."""
-
-    def _check_input(self, x):
-        v.check_float_array(x, "input")
-        k = len(self.normalized_shape)
-        if x.ndim < k or x.shape[x.ndim - k:] != self.normalized_shape:
-            raise ValueError(f"{type(self).__name__} expected input with trailing dimensions "
-                             f"{list(self.normalized_shape)} (normalized_shape), got shape {x.shape}")
+    """Shared by LayerNorm and RMSNorm: the functional call checks the input (trailing dims
+    against ``normalized_shape``, dtype) before anything runs; the layer keeps (x, stats)."""
 
 
 class LayerNorm(_TrailingNorm):
@@ -61,7 +55,6 @@ class LayerNorm(_TrailingNorm):
                          bias=self.elementwise_affine and bool(bias))
 
     def forward(self, x):
-        self._check_input(x)
         y, mean, rstd = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps,
                                      return_stats=True)
         self._saved = {"x": x, "mean": mean, "rstd": rstd}
@@ -114,7 +107,6 @@ class RMSNorm(_TrailingNorm):
         self._init_state(self.normalized_shape, weight=self.elementwise_affine)
 
     def forward(self, x):
-        self._check_input(x)
         y, rstd = F.rms_norm(x, self.normalized_shape, self.weight, self.eps, return_stats=True)
         self._saved = {"x": x, "rstd": rstd}
         return y

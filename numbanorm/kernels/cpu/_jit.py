@@ -3,10 +3,11 @@
 import types
 
 import numba
+from numba.extending import overload
 
 from ... import config
 
-__all__ = ["reduce_helper", "elementwise_helper", "kernel", "Kernel", "all_dispatchers"]
+__all__ = ["reduce_helper", "elementwise_helper", "kernel", "Kernel", "all_dispatchers", "cast_like"]
 
 #: Every dispatcher compiled through this module, for flag checks in the tests.
 _DISPATCHERS = []
@@ -79,3 +80,18 @@ def kernel(func):
 def all_dispatchers():
     """Return every Numba dispatcher compiled by numbanorm (for flag checks)."""
     return list(_DISPATCHERS)
+
+
+def cast_like(value, arr):
+    """``value`` rounded to ``arr``'s dtype (in compiled code; float32 hi/lo splits use it)."""
+    return arr.dtype.type(value)
+
+
+@overload(cast_like, jit_options={"cache": config.CACHE})
+def _cast_like_impl(value, arr):
+    dtype = arr.dtype
+
+    def impl(value, arr):
+        return dtype(value)
+
+    return impl

@@ -12,7 +12,7 @@ import numpy as np
 from numba import prange
 
 from ... import config
-from ._jit import kernel
+from ._jit import cast_like, kernel
 from .elementwise import accumulate_affine_grads, dx_slice_affine, normalize_slice_affine
 from .moments import slice_mean_square, slice_moments
 from .sums import slice_weighted_grad_sums
@@ -21,8 +21,8 @@ __all__ = ["rows_forward", "rows_backward", "forward", "backward"]
 
 
 @kernel
-def rows_forward(x2, y2, weight, bias, eps, block, center, mean, rstd, cast):
-    """Normalize each row; store its float64 mean and rstd. ``cast`` (R, 3) is x-dtype scratch."""
+def rows_forward(x2, y2, weight, bias, eps, block, center, stats):
+    """Normalize each row; store its float64 mean and rstd in ``stats`` (2, R)."""
     n_rows, width = x2.shape
     for r in prange(n_rows):
         xr = x2[r]
@@ -33,17 +33,14 @@ def rows_forward(x2, y2, weight, bias, eps, block, center, mean, rstd, cast):
             mu = 0.0
             var = slice_mean_square(xr)
         inv = 1.0 / np.sqrt(var + eps)
-        mean[r] = mu
-        rstd[r] = inv
-        # Rounded to x's dtype through stores: hi, lo = remainder, rstd.
-        cast[r, 0] = mu
-        cast[r, 1] = mu - cast[r, 0]
-        cast[r, 2] = inv
-        normalize_slice_affine(xr, y2[r], cast[r, 0], cast[r, 1], cast[r, 2], weight, bias)
+        stats[0, r] = mu
+        stats[1, r] = inv
+        hi = cast_like(mu, xr)
+        normalize_slice_affine(xr, y2[r], hi, cast_like(mu - hi, xr), cast_like(inv, xr), weight, bias)
 
 
 @kernel
-def rows_backward(x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dweight, dbias, cast):
+def rows_backward(x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dweight, dbias):
     """dx of each row, and per-chunk partial dweight/dbias rows (K, D) in float64."""
     n_rows, width = x2.shape
     nchunks = dweight.shape[0]
@@ -57,23 +54,17 @@ def rows_backward(x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dwei
             inv = rstd[r]
             s_g, s_gx = slice_weighted_grad_sums(xr, dyr, weight, mu)
             b = -inv * s_g / width if center else 0.0
-            cast[k, 0] = mu
-            cast[k, 1] = mu - cast[k, 0]
-            cast[k, 2] = inv
-            cast[k, 3] = b
-            cast[k, 4] = -inv * inv * inv * s_gx / width
-            dx_slice_affine(xr, dyr, dx2[r], cast[k, 0], cast[k, 1], cast[k, 2], weight, cast[k, 3], cast[k, 4])
+            hi = cast_like(mu, xr)
+            dx_slice_affine(xr, dyr, dx2[r], hi, cast_like(mu - hi, xr), cast_like(inv, xr), weight,
+                            cast_like(b, xr), cast_like(-inv * inv * inv * s_gx / width, xr))
             accumulate_affine_grads(xr, dyr, mu, inv, dweight[k], dbias[k])
 
 
 def forward(x2, y2, weight, bias, eps, center):
     """Fill ``y2`` and return float64 (mean, rstd) per row; weight/bias are (D,) in x's dtype."""
-    n_rows = x2.shape[0]
-    mean = np.empty(n_rows)
-    rstd = np.empty(n_rows)
-    cast = np.empty((n_rows, 3), x2.dtype)
-    rows_forward(x2.size, x2, y2, weight, bias, eps, config.BLOCK_ELEMENTS, center, mean, rstd, cast)
-    return mean, rstd
+    stats = np.empty((2, x2.shape[0]))
+    rows_forward(x2.size, x2, y2, weight, bias, eps, config.BLOCK_ELEMENTS, center, stats)
+    return stats[0], stats[1]
 
 
 def backward(x2, dy2, dx2, weight, mean, rstd, center):
@@ -86,6 +77,5 @@ def backward(x2, dy2, dx2, weight, mean, rstd, center):
     nchunks = -(-n_rows // rows_per_chunk)
     dweight = np.empty((nchunks, width))
     dbias = np.empty((nchunks, width))
-    cast = np.empty((nchunks, 5), x2.dtype)
-    rows_backward(x2.size, x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dweight, dbias, cast)
+    rows_backward(x2.size, x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dweight, dbias)
     return dweight.sum(axis=0), dbias.sum(axis=0)
