@@ -17,6 +17,7 @@ import importlib.util
 import os
 import sys
 
+import numpy as np
 import pytest
 
 if "numba.cuda" not in sys.modules:
@@ -58,7 +59,43 @@ if SIMULATOR and "numbanorm.kernels.cuda._jit" not in sys.modules:
     numbanorm.config.CUDA_MAX_PARTIALS = 4
     numbanorm.config.CUDA_MAX_BLOCKS = 2
 
+def _lock_simulator_shared_arrays():
+    """Make the simulator's ``cuda.shared.array`` lookup atomic.
+
+    numba-cuda's simulator finds a block's shared array by the calling line with a
+    check-then-set on a dict, without a lock: two threads of a block that get there
+    together can each allocate their own array, and the block's reduction then mixes
+    arrays (wrong results in a few percent of runs, more with a short switch
+    interval). Same lookup, under a lock.
+    """
+    import threading
+
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    original = kernelapi.FakeCUDAShared.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if alignment is not None or shape == 0:
+            return original(self, shape, dtype, alignment)
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        frame = sys._getframe(1)
+        caller = (frame.f_code.co_filename, frame.f_lineno)
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = np.empty(shape, dtype)
+                self._allocations[caller] = res
+        return res
+
+    kernelapi.FakeCUDAShared.array = array
+
+
 if SIMULATOR:
+    _lock_simulator_shared_arrays()
     # The simulator's block manager polls its threads in a busy loop; with Python's
     # default 5 ms GIL switch interval every hand-over between them waits that long.
     # A short interval makes the simulated kernels about 8x faster.
