@@ -97,19 +97,39 @@ def slice_mean_square(x):
 
 @reduce_helper
 def cols_block_moments(x2, mean, m2):
-    """Two-pass moments of each column of a (rows, C) block into ``mean``/``m2`` (float64)."""
+    """Two-pass moments of each column of a (rows, C) block into ``mean``/``m2`` (float64).
+
+    Four rows per sweep: the (C,) accumulators are read and written once per four
+    elements of a column instead of once per element.
+    """
     rows, cols = x2.shape
     mean[:] = 0.0
     m2[:] = 0.0
-    for i in range(rows):
+    quad = rows - rows % 4
+    for i in range(0, quad, 4):
+        r0, r1, r2, r3 = x2[i], x2[i + 1], x2[i + 2], x2[i + 3]
         for c in range(cols):
-            mean[c] += x2[i, c]
+            mean[c] += (np.float64(r0[c]) + r1[c]) + (np.float64(r2[c]) + r3[c])
+    for i in range(quad, rows):
+        r0 = x2[i]
+        for c in range(cols):
+            mean[c] += r0[c]
     inv = 1.0 / rows
     for c in range(cols):
         mean[c] *= inv
-    for i in range(rows):
+    for i in range(0, quad, 4):
+        r0, r1, r2, r3 = x2[i], x2[i + 1], x2[i + 2], x2[i + 3]
         for c in range(cols):
-            d = x2[i, c] - mean[c]
+            mu = mean[c]
+            d0 = r0[c] - mu
+            d1 = r1[c] - mu
+            d2 = r2[c] - mu
+            d3 = r3[c] - mu
+            m2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+    for i in range(quad, rows):
+        r0 = x2[i]
+        for c in range(cols):
+            d = r0[c] - mean[c]
             m2[c] += d * d
 
 
