@@ -47,17 +47,23 @@ def rows_backward(x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dwei
     for k in prange(nchunks):
         dweight[k] = 0.0
         dbias[k] = 0.0
-        for r in range(k * rows_per_chunk, min((k + 1) * rows_per_chunk, n_rows)):
-            xr = x2[r]
-            dyr = dy2[r]
-            mu = mean[r]
-            inv = rstd[r]
-            s_g, s_gx = slice_weighted_grad_sums(xr, dyr, weight, mu)
-            b = -inv * s_g / width if center else 0.0
-            hi = cast_like(mu, xr)
-            dx_slice_affine(xr, dyr, dx2[r], hi, cast_like(mu - hi, xr), cast_like(inv, xr), weight,
-                            cast_like(b, xr), cast_like(-inv * inv * inv * s_gx / width, xr))
-            accumulate_affine_grads(xr, dyr, mu, inv, dweight[k], dbias[k])
+        start = k * rows_per_chunk
+        stop = min(start + rows_per_chunk, n_rows)
+        # Groups of rows: dx row by row, then dweight/dbias of the group in one sweep
+        # while its rows are still in cache.
+        for lo in range(start, stop, 8):
+            hi_ = min(lo + 8, stop)
+            for r in range(lo, hi_):
+                xr = x2[r]
+                dyr = dy2[r]
+                mu = mean[r]
+                inv = rstd[r]
+                s_g, s_gx = slice_weighted_grad_sums(xr, dyr, weight, mu)
+                b = -inv * s_g / width if center else 0.0
+                hi = cast_like(mu, xr)
+                dx_slice_affine(xr, dyr, dx2[r], hi, cast_like(mu - hi, xr), cast_like(inv, xr), weight,
+                                cast_like(b, xr), cast_like(-inv * inv * inv * s_gx / width, xr))
+            accumulate_affine_grads(x2[lo:hi_], dy2[lo:hi_], mean[lo:hi_], rstd[lo:hi_], dweight[k], dbias[k])
 
 
 def forward(x2, y2, weight, bias, eps, center):
