@@ -24,14 +24,14 @@ class _NormWithRunningStats(NormBase):
     _dims_text = ""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 dtype=np.float32):
+                 dtype=np.float32, *, bias=True):
         super().__init__(dtype)
         self.num_features = check_num_features(num_features)
         self.eps = v.check_eps(eps)
         self.momentum = v.check_momentum(momentum)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
-        self._init_state((self.num_features,), weight=self.affine, bias=self.affine,
+        self._init_state((self.num_features,), weight=self.affine, bias=self.affine and bool(bias),
                          running=self.track_running_stats)
 
     def _check_input(self, x):
@@ -55,7 +55,7 @@ class _NormWithRunningStats(NormBase):
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-                f"track_running_stats={self.track_running_stats}")
+                f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}")
 
 
 class _BatchNorm(_NormWithRunningStats):
@@ -83,6 +83,8 @@ class _BatchNorm(_NormWithRunningStats):
     dtype : np.float32 or np.float64
         Dtype of parameters and buffers. Inputs of either float dtype are accepted:
         the input's dtype sets the compute and output dtype.
+    bias : bool, keyword-only, default True
+        With ``affine``, whether the learnable ``bias`` exists (as in PyTorch 2.13).
 
     Notes
     -----

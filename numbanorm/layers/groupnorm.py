@@ -30,6 +30,8 @@ class GroupNorm(NormBase):
     affine : bool, default True
         Learnable per-channel ``weight`` (ones) and ``bias`` (zeros).
     dtype : np.float32 or np.float64
+    bias : bool, keyword-only, default True
+        With ``affine``, whether the learnable ``bias`` exists (as in PyTorch 2.13).
 
     Notes
     -----
@@ -41,13 +43,13 @@ class GroupNorm(NormBase):
     Y. Wu and K. He, "Group Normalization", ECCV 2018. arXiv:1803.08494
     """
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32):
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32, *, bias=True):
         super().__init__(dtype)
         self.num_channels = check_num_features(num_channels, "num_channels")
         self.num_groups = F._check_groups(num_groups, self.num_channels)
         self.eps = v.check_eps(eps)
         self.affine = bool(affine)
-        self._init_state((self.num_channels,), weight=self.affine, bias=self.affine)
+        self._init_state((self.num_channels,), weight=self.affine, bias=self.affine and bool(bias))
 
     def _check_input(self, x):
         v.check_float_array(x, "input")
@@ -72,4 +74,5 @@ class GroupNorm(NormBase):
         return dx
 
     def extra_repr(self):
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+                f"bias={self.bias is not None}")

@@ -33,6 +33,8 @@ class _InstanceNorm(_NormWithRunningStats):
     affine : bool, default False
     track_running_stats : bool, default False
     dtype : np.float32 or np.float64
+    bias : bool, keyword-only, default True
+        With ``affine``, whether the learnable ``bias`` exists.
 
     References
     ----------
@@ -43,8 +45,8 @@ class _InstanceNorm(_NormWithRunningStats):
     _batched_ndim = 0
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False,
-                 dtype=np.float32):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype)
+                 dtype=np.float32, *, bias=True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias=bias)
 
     def _channel_axis(self, x):
         return 0 if x.ndim == self._batched_ndim - 1 else 1

@@ -69,8 +69,8 @@ class LayerNorm(_TrailingNorm):
         return dx
 
     def extra_repr(self):
-        return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
-                + ("" if not self.elementwise_affine or self.bias is not None else ", bias=False"))
+        return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+                f"bias={self.bias is not None}")
 
 
 class RMSNorm(_TrailingNorm):
