@@ -114,12 +114,6 @@ class NormBase:
         self.grad_weight = None if dweight is None else _device.astype(dweight, self.weight.dtype, copy=False)
         self.grad_bias = None if dbias is None else _device.astype(dbias, self.bias.dtype, copy=False)
 
-    def _cast_params(self, dtype):
-        """Parameters in the compute dtype (a cast copy only when dtypes differ)."""
-        def cast(p):
-            return None if p is None else p.astype(dtype, copy=False)
-        return cast(self.weight), cast(self.bias)
-
     # -- state ----------------------------------------------------------------------
     def _state_names(self):
         names = [n for n in self._param_names if getattr(self, n) is not None]
