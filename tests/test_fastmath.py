@@ -38,17 +38,18 @@ def test_configured_sets_never_drop_nan_checks():
 
 
 def test_hi_lo_subtraction_survives_compilation():
-    # The compiled normalize loop must subtract (x - hi) - lo, not x - (hi + lo):
-    # with a mean carrying more bits than float32 the hi/lo result is closer to float64.
+    # The compiled normalize loop must compute (x - hi) * scale + shift', with the lo part of
+    # the mean folded into shift' in float64: with a mean carrying more bits than float32,
+    # the result is closer to float64 than with the mean rounded once to float32.
     rng = np.random.default_rng(0)
     x = (1e4 + 1e-2 * rng.standard_normal(4096)).astype(np.float32)
     mean = x.astype(np.float64).mean()
     hi = np.float32(mean)
-    lo = np.float32(mean - np.float64(hi))
+    lo = mean - np.float64(hi)
     assert lo != 0
     scale = np.float32(1 / x.astype(np.float64).std())
     y = np.empty_like(x)
-    E.normalize_slice(x, y, hi, lo, scale, np.float32(0))
+    E.normalize_slice(x, y, hi, scale, np.float32(-lo * np.float64(scale)))
     truth = (x.astype(np.float64) - mean) * np.float64(scale)
     y_single = (x - hi) * scale  # the mean rounded once to float32
     err_hi_lo = np.abs(y - truth).max()
@@ -60,5 +61,5 @@ def test_hi_lo_subtraction_survives_compilation():
 def test_nan_and_inf_propagate_through_compiled_kernels():
     x = np.array([1.0, np.nan, 3.0, np.inf], np.float32)
     y = np.empty_like(x)
-    E.normalize_slice(x, y, np.float32(1), np.float32(0), np.float32(2), np.float32(0))
+    E.normalize_slice(x, y, np.float32(1), np.float32(2), np.float32(0))
     assert y[0] == 0 and np.isnan(y[1]) and y[2] == 4 and np.isinf(y[3])

@@ -17,7 +17,7 @@ _NONE = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np
 def _normalize_with(layout, x3, y3, mean, m2, count, eps, weight, bias):
     """Pack per-channel params from (mean, m2 / count) in one kernel, then normalize."""
     channels = mean.size
-    q = np.empty((4, 1, channels), x3.dtype)
+    q = np.empty((3, 1, channels), x3.dtype)
     var = np.empty(channels)
     rstd = np.empty(channels)
     none = _NONE[x3.dtype]

@@ -78,13 +78,13 @@ def normalize(layout, x3, y3, mean, rstd, weight=None, bias=None):
     """
     mean, rstd = _rows2(mean), _rows2(rstd)
     channels = mean.shape[1]
-    q = np.empty((4,) + mean.shape, x3.dtype)
+    q = np.empty((3,) + mean.shape, x3.dtype)
     pack_affine(mean, rstd, _per_channel64(weight, channels, 1.0), _per_channel64(bias, channels, 0.0), q)
     normalize_packed(layout, x3, y3, q)
 
 
 def normalize_packed(layout, x3, y3, q):
-    """``y = ((x - q[0]) - q[1]) * q[2] + q[3]`` with packed (4, P, C) params in x's dtype."""
+    """``y = (x - q[0]) * q[1] + q[2]`` with packed (3, P, C) params in x's dtype."""
     if layout == "cf":
         normalize_rows(x3.size, x3, y3, q)
         return
@@ -112,7 +112,7 @@ def grad_sums(layout, x3, dy3, mean):
 def apply_dx(layout, x3, dy3, dx3, mean, a, b, c):
     """``dx = a * dy + c * (x - mean) + b`` with float64 (C,) or (N, C) coefficients."""
     mean = _rows2(mean)
-    q = np.empty((5,) + mean.shape, x3.dtype)
+    q = np.empty((4,) + mean.shape, x3.dtype)
     pack_dx(mean, *(np.broadcast_to(_rows2(v), mean.shape) for v in (a, b, c)), q)
     if layout == "cf":
         dx_rows(x3.size, x3, dy3, dx3, q)

@@ -1,16 +1,17 @@
 """Element-wise normalize and dx loops, compiled without ``reassoc``.
 
-The mean is subtracted as a hi/lo pair, ``(x - mean_hi) - mean_lo``: for float32 data
-``mean_hi`` is the float32 nearest the float64 mean and ``mean_lo`` the float32 of the
-remainder. ``x - mean_hi`` is exact (Sterbenz) wherever the cancellation is severe,
-so the result carries the mean at about twice float32 precision for one extra
-subtraction. ``reassoc`` would let LLVM fold the pair back into one float32 constant,
-so these loops use ``config.FASTMATH_ELEMENTWISE``. The output is formed as
-``(x - mean) * scale + shift``, never ``x * scale' + shift'``, which cancels for data
-far from zero.
+The mean is split into a hi/lo pair: for float32 data ``mean_hi`` is the float32
+nearest the float64 mean and ``mean_lo = mean - mean_hi`` the part that rounding
+lost. The output is formed as ``(x - mean_hi) * scale + shift'`` with
+``shift' = shift - mean_lo * scale`` computed in float64 when the parameters are
+packed: ``x - mean_hi`` is exact (Sterbenz) wherever the cancellation is severe and
+the fused multiply-add rounds once, so the result carries the mean at about twice
+float32 precision at no extra cost per element. It is never ``x * scale + shift''``,
+which cancels for data far from zero. ``reassoc`` could reorder these expressions,
+so the loops use ``config.FASTMATH_ELEMENTWISE``.
 
-Backward uses the same shape: ``dx = a * dy + c * ((x - mean_hi) - mean_lo) + b``
-with per-slice coefficients a, b, c derived from the gradient sums.
+Backward has the same shape: ``dx = a * dy + c * (x - mean_hi) + b'`` with per-slice
+coefficients from the gradient sums and ``b' = b - c * mean_lo``.
 """
 
 import numpy as np
@@ -38,60 +39,64 @@ __all__ = [
 
 
 @elementwise_helper
-def normalize_slice(x, y, mean_hi, mean_lo, scale, shift):
-    """``y = ((x - mean_hi) - mean_lo) * scale + shift`` over a 1-D slice."""
+def normalize_slice(x, y, mean_hi, scale, shift):
+    """``y = (x - mean_hi) * scale + shift`` over a 1-D slice (``shift`` holds the lo part)."""
     for i in range(x.size):
-        y[i] = ((x[i] - mean_hi) - mean_lo) * scale + shift
+        y[i] = (x[i] - mean_hi) * scale + shift
 
 
 @elementwise_helper
-def normalize_slice_affine(x, y, mean_hi, mean_lo, rstd, weight, bias):
-    """``y = ((x - mean_hi) - mean_lo) * rstd * weight + bias`` with per-element weight/bias."""
+def normalize_slice_affine(x, y, mean_hi, rstd, shift, weight, bias):
+    """``y = ((x - mean_hi) * rstd + shift) * weight + bias`` with per-element weight/bias.
+
+    ``shift = -mean_lo * rstd`` carries the lo part of the mean.
+    """
     for i in range(x.size):
-        y[i] = (((x[i] - mean_hi) - mean_lo) * rstd) * weight[i] + bias[i]
+        y[i] = ((x[i] - mean_hi) * rstd + shift) * weight[i] + bias[i]
 
 
 @elementwise_helper
-def dx_slice(x, dy, dx, mean_hi, mean_lo, a, b, c):
-    """``dx = a * dy + c * ((x - mean_hi) - mean_lo) + b`` over a 1-D slice."""
+def dx_slice(x, dy, dx, mean_hi, a, b, c):
+    """``dx = a * dy + c * (x - mean_hi) + b`` over a 1-D slice (``b`` holds the lo part)."""
     for i in range(x.size):
-        dx[i] = a * dy[i] + c * ((x[i] - mean_hi) - mean_lo) + b
+        dx[i] = a * dy[i] + c * (x[i] - mean_hi) + b
 
 
 @elementwise_helper
-def normalize_cols(x2, y2, mean_hi, mean_lo, scale, shift):
-    """Per-column ``y = ((x - mean_hi) - mean_lo) * scale + shift`` over a (rows, C) block."""
+def normalize_cols(x2, y2, mean_hi, scale, shift):
+    """Per-column ``y = (x - mean_hi) * scale + shift`` over a (rows, C) block."""
     for i in range(x2.shape[0]):
         xr = x2[i]
         yr = y2[i]
         for c in range(xr.size):
-            yr[c] = ((xr[c] - mean_hi[c]) - mean_lo[c]) * scale[c] + shift[c]
+            yr[c] = (xr[c] - mean_hi[c]) * scale[c] + shift[c]
 
 
 @elementwise_helper
-def dx_cols(x2, dy2, dx2, mean_hi, mean_lo, a, b, c):
-    """Per-column ``dx = a * dy + c * ((x - mean_hi) - mean_lo) + b`` over a (rows, C) block."""
+def dx_cols(x2, dy2, dx2, mean_hi, a, b, c):
+    """Per-column ``dx = a * dy + c * (x - mean_hi) + b`` over a (rows, C) block."""
     for i in range(x2.shape[0]):
         xr = x2[i]
         dyr = dy2[i]
         dxr = dx2[i]
         for j in range(xr.size):
-            dxr[j] = a[j] * dyr[j] + c[j] * ((xr[j] - mean_hi[j]) - mean_lo[j]) + b[j]
+            dxr[j] = a[j] * dyr[j] + c[j] * (xr[j] - mean_hi[j]) + b[j]
 
 
 @elementwise_helper
 def pack_affine(mean, rstd, weight, bias, q):
-    """Fill ``q`` (4, P, C) in x's dtype with (mean_hi, mean_lo, rstd * weight, bias).
+    """Fill ``q`` (3, P, C) in x's dtype with (mean_hi, scale, shift').
 
-    ``mean``/``rstd`` are float64 (P, C), ``weight``/``bias`` float64 (C,). Storing
-    rounds each value to x's dtype; ``mean_lo`` is what that rounding lost.
+    ``scale = rstd * weight`` and ``shift' = bias - (mean - mean_hi) * scale`` in float64;
+    ``mean``/``rstd`` are float64 (P, C), ``weight``/``bias`` float64 (C,).
     """
     for p in range(mean.shape[0]):
         for c in range(mean.shape[1]):
-            q[0, p, c] = mean[p, c]
-            q[1, p, c] = mean[p, c] - q[0, p, c]
-            q[2, p, c] = rstd[p, c] * weight[c]
-            q[3, p, c] = bias[c]
+            mu = mean[p, c]
+            q[0, p, c] = mu
+            scale = rstd[p, c] * weight[c]
+            q[1, p, c] = scale
+            q[2, p, c] = bias[c] - (mu - q[0, p, c]) * scale
 
 
 @elementwise_helper
@@ -100,7 +105,7 @@ def pack_stats(mean, m2, count, eps, weight, bias, q, var, rstd):
 
     ``mean``/``m2`` (C,) of any float dtype (batch moments, or running mean and
     variance with ``count = 1``); ``weight``/``bias`` (C,) or empty for none.
-    Fills float64 ``var``/``rstd`` (C,) and ``q`` (4, 1, C) as :func:`pack_affine` does.
+    Fills float64 ``var``/``rstd`` (C,) and ``q`` (3, 1, C) as :func:`pack_affine` does.
     """
     for c in range(mean.size):
         mu = np.float64(mean[c])
@@ -108,10 +113,10 @@ def pack_stats(mean, m2, count, eps, weight, bias, q, var, rstd):
         r = 1.0 / np.sqrt(v + eps)
         var[c] = v
         rstd[c] = r
+        scale = r * weight[c] if weight.size else r
         q[0, 0, c] = mu
-        q[1, 0, c] = mu - q[0, 0, c]
-        q[2, 0, c] = r * weight[c] if weight.size else r
-        q[3, 0, c] = bias[c] if bias.size else 0.0
+        q[1, 0, c] = scale
+        q[2, 0, c] = (bias[c] if bias.size else 0.0) - (mu - q[0, 0, c]) * scale
 
 
 @elementwise_helper
@@ -132,38 +137,38 @@ def update_running(running_mean, running_var, mean, var, momentum, unbias):
 
 @elementwise_helper
 def pack_dx(mean, a, b, c, q):
-    """Fill ``q`` (5, P, C) in x's dtype with (mean_hi, mean_lo, a, b, c) from float64 (P, C)."""
+    """Fill ``q`` (4, P, C) in x's dtype with (mean_hi, a, b - c * mean_lo, c) from float64 (P, C)."""
     for p in range(mean.shape[0]):
         for j in range(mean.shape[1]):
-            q[0, p, j] = mean[p, j]
-            q[1, p, j] = mean[p, j] - q[0, p, j]
-            q[2, p, j] = a[p, j]
-            q[3, p, j] = b[p, j]
-            q[4, p, j] = c[p, j]
+            mu = mean[p, j]
+            q[0, p, j] = mu
+            q[1, p, j] = a[p, j]
+            q[2, p, j] = b[p, j] - c[p, j] * (mu - q[0, p, j])
+            q[3, p, j] = c[p, j]
 
 
 @kernel
 def normalize_rows(x3, y3, q):
-    """Channels-first pass: each (n, c) row of a (N, C, S) array, params ``q`` (4, P, C), P in {1, N}."""
+    """Channels-first pass: each (n, c) row of a (N, C, S) array, params ``q`` (3, P, C), P in {1, N}."""
     n_samples, n_channels, _ = x3.shape
     per_sample = q.shape[1] > 1
     for r in prange(n_samples * n_channels):
         n = r // n_channels
         c = r - n * n_channels
         p = n if per_sample else 0
-        normalize_slice(x3[n, c], y3[n, c], q[0, p, c], q[1, p, c], q[2, p, c], q[3, p, c])
+        normalize_slice(x3[n, c], y3[n, c], q[0, p, c], q[1, p, c], q[2, p, c])
 
 
 @kernel
 def dx_rows(x3, dy3, dx3, q):
-    """Channels-first dx: each (n, c) row of (N, C, S) arrays, coefficients ``q`` (5, P, C)."""
+    """Channels-first dx: each (n, c) row of (N, C, S) arrays, coefficients ``q`` (4, P, C)."""
     n_samples, n_channels, _ = x3.shape
     per_sample = q.shape[1] > 1
     for r in prange(n_samples * n_channels):
         n = r // n_channels
         c = r - n * n_channels
         p = n if per_sample else 0
-        dx_slice(x3[n, c], dy3[n, c], dx3[n, c], q[0, p, c], q[1, p, c], q[2, p, c], q[3, p, c], q[4, p, c])
+        dx_slice(x3[n, c], dy3[n, c], dx3[n, c], q[0, p, c], q[1, p, c], q[2, p, c], q[3, p, c])
 
 
 @kernel
@@ -176,7 +181,7 @@ def normalize_planes(x3, y3, q, rows_per_chunk, nchunks):
         lo = (item - b * nchunks) * rows_per_chunk
         hi = min(lo + rows_per_chunk, n_rows)
         p = b if per_plane else 0
-        normalize_cols(x3[b, lo:hi], y3[b, lo:hi], q[0, p], q[1, p], q[2, p], q[3, p])
+        normalize_cols(x3[b, lo:hi], y3[b, lo:hi], q[0, p], q[1, p], q[2, p])
 
 
 @kernel
@@ -189,14 +194,14 @@ def dx_planes(x3, dy3, dx3, q, rows_per_chunk, nchunks):
         lo = (item - b * nchunks) * rows_per_chunk
         hi = min(lo + rows_per_chunk, n_rows)
         p = b if per_plane else 0
-        dx_cols(x3[b, lo:hi], dy3[b, lo:hi], dx3[b, lo:hi], q[0, p], q[1, p], q[2, p], q[3, p], q[4, p])
+        dx_cols(x3[b, lo:hi], dy3[b, lo:hi], dx3[b, lo:hi], q[0, p], q[1, p], q[2, p], q[3, p])
 
 
 @elementwise_helper
-def dx_slice_affine(x, dy, dx, mean_hi, mean_lo, rstd, weight, b, c):
-    """``dx = rstd * weight * dy + c * ((x - mean_hi) - mean_lo) + b`` with per-element weight."""
+def dx_slice_affine(x, dy, dx, mean_hi, rstd, weight, b, c):
+    """``dx = rstd * weight * dy + c * (x - mean_hi) + b`` with per-element weight (``b`` holds the lo part)."""
     for i in range(x.size):
-        dx[i] = (rstd * weight[i]) * dy[i] + c * ((x[i] - mean_hi) - mean_lo) + b
+        dx[i] = (rstd * weight[i]) * dy[i] + c * (x[i] - mean_hi) + b
 
 
 @elementwise_helper

@@ -35,10 +35,10 @@ __all__ = [
 
 
 @kernel
-def blocks_forward(x2, y2, seg, weight, weight_x, bias, eps, block, mean, var, rstd, cast):
+def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, mean, var, rstd, cast):
     """Fused GroupNorm of contiguous (N*G, C/G*S) blocks: moments, then each channel's segment.
 
-    ``weight`` is float64 (C,), ``weight_x`` and ``bias`` (C,) in x's dtype; ``cast`` (R, 3) is
+    ``weight`` and ``bias`` are float64 (C,), ``weight_x`` and ``bias_x`` their x-dtype copies; ``cast`` (R, 3) is
     x-dtype scratch through which float64 values are rounded by storing them.
     """
     n_blocks, width = x2.shape
@@ -53,18 +53,21 @@ def blocks_forward(x2, y2, seg, weight, weight_x, bias, eps, block, mean, var, r
         mean[r] = mu
         rstd[r] = inv
         cast[r, 0] = mu
-        cast[r, 1] = mu - cast[r, 0]
+        lo_part = mu - cast[r, 0]
         first = (r % groups) * per_group
         if seg == 1:
             # (N, C) input: one value per channel, per-element weight and bias.
-            cast[r, 2] = inv
+            cast[r, 1] = inv
+            cast[r, 2] = -lo_part * inv
             normalize_slice_affine(xr, yr, cast[r, 0], cast[r, 1], cast[r, 2], weight_x[first:first + per_group],
-                                   bias[first:first + per_group])
+                                   bias_x[first:first + per_group])
             continue
         for j in range(per_group):
-            cast[r, 2] = inv * weight[first + j]
+            scale = inv * weight[first + j]
+            cast[r, 1] = scale
+            cast[r, 2] = bias[first + j] - lo_part * scale
             lo = j * seg
-            normalize_slice(xr[lo:lo + seg], yr[lo:lo + seg], cast[r, 0], cast[r, 1], cast[r, 2], bias[first + j])
+            normalize_slice(xr[lo:lo + seg], yr[lo:lo + seg], cast[r, 0], cast[r, 1], cast[r, 2])
 
 
 @kernel
@@ -85,7 +88,7 @@ def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, stats_grad,
         inv = rstd[r]
         first = (r % groups) * per_group
         cast[r, 0] = mu
-        cast[r, 1] = mu - cast[r, 0]
+        lo_part = mu - cast[r, 0]
         if seg == 1:
             # (N, C) input: one value per channel, per-element weight.
             w = weight[first:first + per_group]
@@ -93,11 +96,13 @@ def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, stats_grad,
                 s_dy[r, j] = dyr[j]
                 s_dyx[r, j] = np.float64(dyr[j]) * (xr[j] - mu)
             s_g, s_gx = slice_weighted_grad_sums(xr, dyr, w, mu)
-            cast[r, 2] = inv
-            cast[r, 3] = -inv * s_g / width if stats_grad else 0.0
-            cast[r, 4] = -inv * inv * inv * s_gx / width if stats_grad else 0.0
-            dx_slice_affine(xr, dyr, dxr, cast[r, 0], cast[r, 1], cast[r, 2], weight_x[first:first + per_group],
-                            cast[r, 3], cast[r, 4])
+            b = -inv * s_g / width if stats_grad else 0.0
+            c = -inv * inv * inv * s_gx / width if stats_grad else 0.0
+            cast[r, 1] = inv
+            cast[r, 2] = b - c * lo_part
+            cast[r, 3] = c
+            dx_slice_affine(xr, dyr, dxr, cast[r, 0], cast[r, 1], weight_x[first:first + per_group],
+                            cast[r, 2], cast[r, 3])
             continue
         s_g = 0.0
         s_gx = 0.0
@@ -108,13 +113,15 @@ def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, stats_grad,
             s_dyx[r, j] = b
             s_g += weight[first + j] * a
             s_gx += weight[first + j] * b
-        cast[r, 2] = -inv * s_g / width if stats_grad else 0.0
-        cast[r, 3] = -inv * inv * inv * s_gx / width if stats_grad else 0.0
+        b = -inv * s_g / width if stats_grad else 0.0
+        c = -inv * inv * inv * s_gx / width if stats_grad else 0.0
+        cast[r, 2] = b - c * lo_part
+        cast[r, 3] = c
         for j in range(per_group):
-            cast[r, 4] = inv * weight[first + j]
+            cast[r, 1] = inv * weight[first + j]
             lo = j * seg
-            dx_slice(xr[lo:lo + seg], dyr[lo:lo + seg], dxr[lo:lo + seg], cast[r, 0], cast[r, 1],
-                     cast[r, 4], cast[r, 2], cast[r, 3])
+            dx_slice(xr[lo:lo + seg], dyr[lo:lo + seg], dxr[lo:lo + seg], cast[r, 0], cast[r, 1], cast[r, 2],
+                     cast[r, 3])
 
 
 def group_moments(layout, x3, groups):
@@ -145,8 +152,8 @@ def planes_forward(x3, y3, groups, weight, bias, eps, block_rows, planes_per_ite
     """Fused GroupNorm of channels-last (N, S, C) planes, parallel over runs of samples.
 
     Per plane: column moments in cache-sized blocks, Chan-merged over each group's
-    channels, then the plane is normalized with per-channel (hi, lo, scale, shift)
-    rows of ``params`` (N, 4, C), in x's dtype. ``weight`` is float64 (C,).
+    channels, then the plane is normalized with per-channel (hi, scale, shift)
+    rows of ``params`` (N, 3, C), in x's dtype. ``weight`` and ``bias`` are float64 (C,).
     """
     n_planes, _, n_ch = x3.shape
     per_group = n_ch // groups
@@ -168,10 +175,10 @@ def planes_forward(x3, y3, groups, weight, bias, eps, block_rows, planes_per_ite
                 rstd[n, g] = inv
                 for c in range(g * per_group, (g + 1) * per_group):
                     p[0, c] = mu
-                    p[1, c] = mu - p[0, c]
-                    p[2, c] = inv * weight[c]
-                    p[3, c] = bias[c]
-            normalize_cols(xp, y3[n], p[0], p[1], p[2], p[3])
+                    scale = inv * weight[c]
+                    p[1, c] = scale
+                    p[2, c] = bias[c] - (mu - p[0, c]) * scale
+            normalize_cols(xp, y3[n], p[0], p[1], p[2])
 
 
 @kernel
@@ -179,7 +186,7 @@ def planes_backward(x3, dy3, dx3, weight, mean, rstd, stats_grad, planes_per_ite
     """Fused GroupNorm backward of channels-last (N, S, C) planes, parallel over runs of samples.
 
     Per plane: per-channel gradient sums into ``s_dy``/``s_dyx`` (N, C), per-group
-    coefficients, then dx with per-channel (hi, lo, a, b, c) rows of ``params`` (N, 5, C).
+    coefficients, then dx with per-channel (hi, a, b, c) rows of ``params`` (N, 4, C).
     """
     n_planes, n_rows, n_ch = x3.shape
     groups = mean.shape[1]
@@ -202,13 +209,14 @@ def planes_backward(x3, dy3, dx3, weight, mean, rstd, stats_grad, planes_per_ite
                 for c in range(g * per_group, (g + 1) * per_group):
                     s_g += weight[c] * s_dy[n, c]
                     s_gx += weight[c] * s_dyx[n, c]
+                b = -inv * s_g / width if stats_grad else 0.0
+                cc = -inv * inv * inv * s_gx / width if stats_grad else 0.0
                 for c in range(g * per_group, (g + 1) * per_group):
                     p[0, c] = mean[n, g]
-                    p[1, c] = mean[n, g] - p[0, c]
-                    p[2, c] = inv * weight[c]
-                    p[3, c] = -inv * s_g / width if stats_grad else 0.0
-                    p[4, c] = -inv * inv * inv * s_gx / width if stats_grad else 0.0
-            dx_cols(x3[n], dy3[n], dx3[n], p[0], p[1], p[2], p[3], p[4])
+                    p[1, c] = inv * weight[c]
+                    p[2, c] = b - cc * (mean[n, g] - p[0, c])
+                    p[3, c] = cc
+            dx_cols(x3[n], dy3[n], dx3[n], p[0], p[1], p[2], p[3])
 
 
 def _planes_per_item(n_planes):
@@ -220,6 +228,10 @@ def _planes_per_item(n_planes):
 def _fused_planes(x3):
     """Channels-last planes run fused when every thread gets a sample (or it runs serially)."""
     return x3.size < config.PARALLEL_MIN_ELEMENTS or x3.shape[0] >= numba.get_num_threads()
+
+
+def _bias64(bias, channels):
+    return np.zeros(channels) if bias is None else np.asarray(bias, dtype=np.float64)
 
 
 def _weight64(weight, channels):
@@ -237,18 +249,18 @@ def forward(layout, x3, y3, groups, weight, bias, eps):
         n, c, s = x3.shape
         x2, y2 = _blocks(x3, groups), _blocks(y3, groups)
         mean, var, rstd = (np.empty((n, groups)) for _ in range(3))
-        b = np.zeros(c, x3.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x3.dtype)
+        b = _bias64(bias, c)
         cast = np.empty((x2.shape[0], 3), x3.dtype)
         w = _weight64(weight, c)
-        blocks_forward(x2.size, x2, y2, s, w, w.astype(x3.dtype), b, eps, config.BLOCK_ELEMENTS,
+        blocks_forward(x2.size, x2, y2, s, w, w.astype(x3.dtype), b, b.astype(x3.dtype), eps, config.BLOCK_ELEMENTS,
                        mean.reshape(-1), var.reshape(-1), rstd.reshape(-1), cast)
         return float(x2.shape[1]), mean, var, rstd
     n, s, c = x3.shape
     if _fused_planes(x3):
         mean, var, rstd = (np.empty((n, groups)) for _ in range(3))
-        b = np.zeros(c, x3.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x3.dtype)
+        b = _bias64(bias, c)
         block_rows = max(1, config.COLUMN_BLOCK_ELEMENTS // c)
-        params = np.empty((n, 4, c), x3.dtype)
+        params = np.empty((n, 3, c), x3.dtype)
         planes_forward(x3.size, x3, y3, groups, _weight64(weight, c), b, eps, block_rows, _planes_per_item(n),
                        mean, var, rstd, params)
         return float(s * (c // groups)), mean, var, rstd
@@ -272,7 +284,7 @@ def backward(layout, x3, dy3, dx3, mean, rstd, weight, stats_grad=True):
         x2, dy2, dx2 = _blocks(x3, groups), _blocks(dy3, groups), _blocks(dx3, groups)
         s_dy = np.empty((x2.shape[0], per_group))
         s_dyx = np.empty((x2.shape[0], per_group))
-        cast = np.empty((x2.shape[0], 5), x3.dtype)
+        cast = np.empty((x2.shape[0], 4), x3.dtype)
         w = _weight64(weight, channels)
         blocks_backward(x2.size, x2, dy2, dx2, x3.shape[2], w, w.astype(x3.dtype),
                         np.ascontiguousarray(mean.reshape(-1)), np.ascontiguousarray(rstd.reshape(-1)),
@@ -282,7 +294,7 @@ def backward(layout, x3, dy3, dx3, mean, rstd, weight, stats_grad=True):
     if _fused_planes(x3):
         s_dy = np.empty((n, channels))
         s_dyx = np.empty((n, channels))
-        params = np.empty((n, 5, channels), x3.dtype)
+        params = np.empty((n, 4, channels), x3.dtype)
         planes_backward(x3.size, x3, dy3, dx3, _weight64(weight, channels), np.ascontiguousarray(mean),
                         np.ascontiguousarray(rstd), stats_grad, _planes_per_item(n), s_dy, s_dyx, params)
         return (s_dyx * _per_channel(rstd, channels)).sum(axis=0), s_dy.sum(axis=0)

@@ -36,7 +36,7 @@ def rows_forward(x2, y2, weight, bias, eps, block, center, stats):
         stats[0, r] = mu
         stats[1, r] = inv
         hi = cast_like(mu, xr)
-        normalize_slice_affine(xr, y2[r], hi, cast_like(mu - hi, xr), cast_like(inv, xr), weight, bias)
+        normalize_slice_affine(xr, y2[r], hi, cast_like(inv, xr), cast_like(-(mu - hi) * inv, xr), weight, bias)
 
 
 @kernel
@@ -60,9 +60,10 @@ def rows_backward(x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dwei
                 inv = rstd[r]
                 s_g, s_gx = slice_weighted_grad_sums(xr, dyr, weight, mu)
                 b = -inv * s_g / width if center else 0.0
+                c = -inv * inv * inv * s_gx / width
                 hi = cast_like(mu, xr)
-                dx_slice_affine(xr, dyr, dx2[r], hi, cast_like(mu - hi, xr), cast_like(inv, xr), weight,
-                                cast_like(b, xr), cast_like(-inv * inv * inv * s_gx / width, xr))
+                dx_slice_affine(xr, dyr, dx2[r], hi, cast_like(inv, xr), weight, cast_like(b - c * (mu - hi), xr),
+                                cast_like(c, xr))
             accumulate_affine_grads(x2[lo:hi_], dy2[lo:hi_], mean[lo:hi_], rstd[lo:hi_], dweight[k], dbias[k])
 
 
