@@ -40,8 +40,6 @@ def _env_bool(name, default):
 FASTMATH_REDUCE = frozenset({"reassoc", "contract", "nsz", "arcp"})
 #: Flags for element-wise loops: no ``reassoc`` (keeps the hi/lo mean subtraction exact).
 FASTMATH_ELEMENTWISE = frozenset({"contract", "nsz", "arcp"})
-#: Flags forbidden everywhere (they remove NaN/inf checks).
-FORBIDDEN_FASTMATH = frozenset({"nnan", "ninf", "fast"})
 
 #: Cache compiled kernels on disk (first call after a warm cache is fast).
 CACHE = _env_bool("NUMBANORM_CACHE", True)
