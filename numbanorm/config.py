@@ -5,7 +5,7 @@ before import) and every kernel follows. Kernels never hard-code flags or sizes.
 
 Fast-math flags
 ---------------
-LLVM's fast-math flags are set per instruction, so each ``@njit`` function keeps
+LLVM's fast-math flags are set per instruction, so each compiled function keeps
 its own. Two sets are used:
 
 ``FASTMATH_REDUCE``
@@ -70,6 +70,6 @@ CUDA_ITEMS_PER_THREAD = _env_int("NUMBANORM_CUDA_ITEMS_PER_THREAD", 16)
 CUDA_MAX_PARTIALS = _env_int("NUMBANORM_CUDA_MAX_PARTIALS", 64)
 #: Most blocks of an element-wise (grid-stride) CUDA launch.
 CUDA_MAX_BLOCKS = _env_int("NUMBANORM_CUDA_MAX_BLOCKS", 4096)
-#: CUDA fast-math stays off: numba-cuda's ``fastmath=True`` means flush-to-zero and
+#: CUDA fast-math stays off: numba-cuda's fast-math option means flush-to-zero and
 #: approximate float32 division and sqrt, which the accuracy target does not survive.
 CUDA_FASTMATH = False

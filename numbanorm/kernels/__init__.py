@@ -1,1 +1,1 @@
-"""Private compute kernels: ``cpu`` (Numba ``@njit``) and ``cuda`` (``@cuda.jit``) twins."""
+"""Private compute kernels: ``cpu`` (Numba, CPU) and ``cuda`` (Numba, CUDA) twins."""

@@ -1,4 +1,4 @@
-"""Numba CUDA kernels (``@cuda.jit``), the twins of :mod:`numbanorm.kernels.cpu`.
+"""Numba CUDA kernels, the twins of :mod:`numbanorm.kernels.cpu`.
 
 Imported only when a CUDA device array reaches :mod:`numbanorm.functional` (through
 :mod:`numbanorm._cuda`), so ``import numbanorm`` never imports ``numba.cuda``.
