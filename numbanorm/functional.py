@@ -43,6 +43,23 @@ def _check_channels_input(x, min_ndim, name="input"):
     return x.shape[1]
 
 
+def _check_channel_params(c, running_mean, running_var, weight, bias):
+    """Per-channel arrays (or None) of C floats; the running pair present or absent together."""
+    for name, p in (("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias)):
+        v.check_param(p, name, (c,))
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be arrays or both be None")
+
+
+def _empty_forward(x, out, stat_shape, n_stats, return_stats):
+    """The result of a forward on an input without elements: y, and NaN statistics."""
+    y = np.empty_like(x) if out is None else out
+    if not return_stats:
+        return y
+    return (y,) + tuple(np.full(stat_shape, np.nan) for _ in range(n_stats))
+
+
 def _finish(layout, x3, x, out, compute):
     """Run ``compute(y3)`` into ``out`` (directly when its layout allows) or a new array."""
     if out is None:
@@ -105,11 +122,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         return _cuda.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, out=out,
                                 return_stats=return_stats)
     c = _check_channels_input(x, 2)
-    for name, p in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
-        v.check_param(p, name, (c,))
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must both be arrays or both be None")
+    _check_channel_params(c, running_mean, running_var, weight, bias)
     eps = v.check_eps(eps)
     use_batch = bool(training) or running_mean is None
     if training:
@@ -121,9 +134,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
     layout, x3 = _layout.channel_view(x)
     if x.size == 0:
-        y = np.empty_like(x) if out is None else out
-        nan = np.full(c, np.nan)
-        return (y, nan, nan) if return_stats else y
+        return _empty_forward(x, out, (c,), 2, return_stats)
     stats = {}
 
     def compute(y3):
@@ -180,16 +191,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, bias=None, training=Tr
     invstd = v.check_stats(invstd, "invstd", (c,))
     v.check_param(weight, "weight", (c,))
     v.check_param(bias, "bias", (c,))
-    count = x.size // c if c else 0
-    layout, x3 = _layout.channel_view(x)
-    dx3, dx = _layout.new_output(layout, x3, x.shape)
-    if x.size == 0:
-        dw, db = np.zeros(c, x.dtype), np.zeros(c, x.dtype)
-    else:
-        dy3 = _layout.like_view(layout, x3, dy)
-        dw, db = _bn.backward(layout, x3, dy3, dx3, mean, invstd, weight, bool(training), count)
-    return (dx, None if weight is None else dw.astype(x.dtype),
-            None if bias is None else db.astype(x.dtype))
+    return _channel_backward(_bn.backward, dy, x, mean, invstd, weight, bias, bool(training), rows_2d=False)
 
 
 # -- LayerNorm and RMSNorm ---------------------------------------------------------------
@@ -408,9 +410,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None, ret
     n = x.shape[0]
     layout, x3 = _layout.channel_view(x, rows_2d=True)
     if x.size == 0:
-        y = np.empty_like(x) if out is None else out
-        stats = np.full((n, groups), np.nan)
-        return (y, stats, stats.copy()) if return_stats else y
+        return _empty_forward(x, out, (n, groups), 2, return_stats)
     result = {}
 
     def compute(y3):
@@ -440,9 +440,11 @@ def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, bias=None):
     return _channel_backward(_gn.backward, dy, x, mean, rstd, weight, bias, True)
 
 
-def _channel_backward(driver, dy, x, mean, rstd, weight, bias, stats_grad):
+def _channel_backward(driver, dy, x, mean, rstd, weight, bias, stats_grad, rows_2d=True):
+    """dx, dweight, dbias of a channel-wise family; ``rows_2d`` as the forward's layout
+    (False for BatchNorm, whose (N, C) input is channels-last; True for GroupNorm)."""
     c = x.shape[1]
-    layout, x3 = _layout.channel_view(x, rows_2d=True)  # GroupNorm (N, C): rows, as forward
+    layout, x3 = _layout.channel_view(x, rows_2d=rows_2d)
     dx3, dx = _layout.new_output(layout, x3, x.shape)
     if x.size == 0:
         dw, db = np.zeros(c), np.zeros(c)
@@ -478,11 +480,7 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         return _cuda.instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, out=out,
                                    return_stats=return_stats)
     c = _check_channels_input(x, 3)
-    for name, p in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
-        v.check_param(p, name, (c,))
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must both be arrays or both be None")
+    _check_channel_params(c, running_mean, running_var, weight, bias)
     if not use_input_stats and running_mean is None:
         raise ValueError("Expected running_mean and running_var to be defined when use_input_stats is False")
     eps = v.check_eps(eps)
@@ -494,9 +492,7 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     v.check_out(out, x)
     layout, x3 = _layout.channel_view(x)
     if x.size == 0:
-        y = np.empty_like(x) if out is None else out
-        stats = np.full((x.shape[0], c), np.nan)
-        return (y, stats, stats.copy()) if return_stats else y
+        return _empty_forward(x, out, (x.shape[0], c), 2, return_stats)
     result = {}
 
     def compute(y3):

@@ -40,7 +40,7 @@ def forward_eval(layout, x3, y3, running_mean, running_var, weight, bias, eps):
     return running_mean.astype(np.float64), invstd
 
 
-def backward(layout, x3, dy3, dx3, mean, invstd, weight, training, count):
+def backward(layout, x3, dy3, dx3, mean, invstd, weight, training):
     """Fill ``dx3`` and return per-channel ``(sum(dy * xhat), sum(dy))``.
 
     With ``xhat = (x - mean) * invstd`` and sums over a channel's ``count`` values,
@@ -48,6 +48,7 @@ def backward(layout, x3, dy3, dx3, mean, invstd, weight, training, count):
     ``dx = weight * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))`` when the
     statistics came from the batch (``training``), else ``weight * invstd * dy``.
     """
+    count = x3.size / (x3.shape[1] if layout == "cf" else x3.shape[2])
     s_dy, s_dyx = grad_sums(layout, x3, dy3, mean)
     s_dy, s_dyxhat = s_dy[0], s_dyx[0] * invstd
     a = invstd if weight is None else invstd * weight

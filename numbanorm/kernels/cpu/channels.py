@@ -27,6 +27,7 @@ __all__ = [
     "grad_sums",
     "apply_dx",
     "update_running_stats",
+    "per_channel64",
 ]
 
 
@@ -63,7 +64,7 @@ def instance_moments(layout, x3):
     return count, mean.reshape(n, c), m2.reshape(n, c)
 
 
-def _per_channel64(values, channels, fill):
+def per_channel64(values, channels, fill):
     """A (C,) float64 parameter, or ``fill`` everywhere when it is None."""
     if values is None:
         return np.full(channels, fill)
@@ -79,7 +80,7 @@ def normalize(layout, x3, y3, mean, rstd, weight=None, bias=None):
     mean, rstd = _rows2(mean), _rows2(rstd)
     channels = mean.shape[1]
     q = np.empty((3,) + mean.shape, x3.dtype)
-    pack_affine(mean, rstd, _per_channel64(weight, channels, 1.0), _per_channel64(bias, channels, 0.0), q)
+    pack_affine(mean, rstd, per_channel64(weight, channels, 1.0), per_channel64(bias, channels, 0.0), q)
     normalize_packed(layout, x3, y3, q)
 
 

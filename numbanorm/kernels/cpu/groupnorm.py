@@ -18,7 +18,7 @@ from numba import prange
 
 from ... import config
 from ._jit import kernel
-from .channels import apply_dx, grad_sums, instance_moments, normalize
+from .channels import apply_dx, grad_sums, instance_moments, normalize, per_channel64
 from .elementwise import dx_cols, dx_slice, dx_slice_affine, normalize_cols, normalize_slice, normalize_slice_affine
 from .moments import chan_merge, cols_range_moments, merge, slice_moments
 from .sums import cols_block_grad_sums, slice_grad_sums, slice_weighted_grad_sums
@@ -230,14 +230,6 @@ def _fused_planes(x3):
     return x3.size < config.PARALLEL_MIN_ELEMENTS or x3.shape[0] >= numba.get_num_threads()
 
 
-def _bias64(bias, channels):
-    return np.zeros(channels) if bias is None else np.asarray(bias, dtype=np.float64)
-
-
-def _weight64(weight, channels):
-    return np.ones(channels) if weight is None else np.asarray(weight, dtype=np.float64)
-
-
 def _blocks(x3, groups):
     n, c, s = x3.shape
     return x3.reshape(n * groups, (c // groups) * s)
@@ -249,19 +241,19 @@ def forward(layout, x3, y3, groups, weight, bias, eps):
         n, c, s = x3.shape
         x2, y2 = _blocks(x3, groups), _blocks(y3, groups)
         mean, var, rstd = (np.empty((n, groups)) for _ in range(3))
-        b = _bias64(bias, c)
+        b = per_channel64(bias, c, 0.0)
         cast = np.empty((x2.shape[0], 3), x3.dtype)
-        w = _weight64(weight, c)
+        w = per_channel64(weight, c, 1.0)
         blocks_forward(x2.size, x2, y2, s, w, w.astype(x3.dtype), b, b.astype(x3.dtype), eps, config.BLOCK_ELEMENTS,
                        mean.reshape(-1), var.reshape(-1), rstd.reshape(-1), cast)
         return float(x2.shape[1]), mean, var, rstd
     n, s, c = x3.shape
     if _fused_planes(x3):
         mean, var, rstd = (np.empty((n, groups)) for _ in range(3))
-        b = _bias64(bias, c)
+        b = per_channel64(bias, c, 0.0)
         block_rows = max(1, config.COLUMN_BLOCK_ELEMENTS // c)
         params = np.empty((n, 3, c), x3.dtype)
-        planes_forward(x3.size, x3, y3, groups, _weight64(weight, c), b, eps, block_rows, _planes_per_item(n),
+        planes_forward(x3.size, x3, y3, groups, per_channel64(weight, c, 1.0), b, eps, block_rows, _planes_per_item(n),
                        mean, var, rstd, params)
         return float(s * (c // groups)), mean, var, rstd
     count, mean, var = group_moments(layout, x3, groups)
@@ -285,7 +277,7 @@ def backward(layout, x3, dy3, dx3, mean, rstd, weight, stats_grad=True):
         s_dy = np.empty((x2.shape[0], per_group))
         s_dyx = np.empty((x2.shape[0], per_group))
         cast = np.empty((x2.shape[0], 4), x3.dtype)
-        w = _weight64(weight, channels)
+        w = per_channel64(weight, channels, 1.0)
         blocks_backward(x2.size, x2, dy2, dx2, x3.shape[2], w, w.astype(x3.dtype),
                         np.ascontiguousarray(mean.reshape(-1)), np.ascontiguousarray(rstd.reshape(-1)),
                         stats_grad, s_dy, s_dyx, cast)
@@ -295,14 +287,14 @@ def backward(layout, x3, dy3, dx3, mean, rstd, weight, stats_grad=True):
         s_dy = np.empty((n, channels))
         s_dyx = np.empty((n, channels))
         params = np.empty((n, 4, channels), x3.dtype)
-        planes_backward(x3.size, x3, dy3, dx3, _weight64(weight, channels), np.ascontiguousarray(mean),
+        planes_backward(x3.size, x3, dy3, dx3, per_channel64(weight, channels, 1.0), np.ascontiguousarray(mean),
                         np.ascontiguousarray(rstd), stats_grad, _planes_per_item(n), s_dy, s_dyx, params)
         return (s_dyx * _per_channel(rstd, channels)).sum(axis=0), s_dy.sum(axis=0)
     mean_c, rstd_c = _per_channel(mean, channels), _per_channel(rstd, channels)
     s_dy, s_dyx = grad_sums(layout, x3, dy3, mean_c)
     s_dy = np.broadcast_to(s_dy, (n, channels))
     s_dyx = np.broadcast_to(s_dyx, (n, channels))
-    w = _weight64(weight, channels)
+    w = per_channel64(weight, channels, 1.0)
     a = rstd_c * w
     if stats_grad:
         count = x3.size / (n * groups)
