@@ -58,14 +58,14 @@ def signatures(t, w):
     yield channels._forward_coefs, (F2, F2, i64, W1, W1, T2, T2, T2, T2)
     yield channels._normalize, (T3, T3, T2, T2, T2, T2)
     yield channels._partial_grad_sums, (T3, T3, F2, i64, b1, i64, F2, F2)
-    yield channels._sum_partials, (F2, F2, F1, F1)
+    yield channels.sum_partials, (F2, F2, F1, F1)
     yield channels._backward_coefs, (F2, F2, F2, F2, i64, W1, f64, b1, T2, T2, T2, T2, T2)
     yield channels._param_grads, (F2, F2, F2, i64, T1, T1)
     yield channels._apply_dx, (T3, T3, T3, T2, T2, T2, T2, T2)
     yield layernorm._rows_forward, (T2, T2, T1, T1, f64, b1, F1, F1)
     yield layernorm._rows_backward, (T2, T2, T2, T1, F1, F1, b1)
     yield layernorm._column_partials, (T2, T2, F1, F1, i64, F2, F2)
-    yield layernorm._column_sums, (F2, F2, T1, T1)
+    yield channels.sum_partials, (F2, F2, T1, T1)
     for ndim, kern in layout._COPIES.items():
         yield kern, (arr(t, ndim, "A"), arr(w, ndim))
 

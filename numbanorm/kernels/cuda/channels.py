@@ -113,8 +113,8 @@ def _partial_grad_sums(x3, dy3, mean, group, per_sample, chunk, ps_dy, ps_dyx):
 
 
 @kernel
-def _sum_partials(ps_dy, ps_dyx, s_dy, s_dyx):
-    """Sum the K partials of each row: (Q, K) -> (Q,)."""
+def sum_partials(ps_dy, ps_dyx, s_dy, s_dyx):
+    """Sum the K partials of each row of two (Q, K) arrays into (Q,) ones (stored in their dtype)."""
     for q in range(cuda.grid(1), ps_dy.shape[0], cuda.gridsize(1)):
         a = 0.0
         b = 0.0
@@ -240,7 +240,7 @@ def backward(x3, dy3, dx3, mean, rstd, group, weight, count, stats_grad):
     _partial_grad_sums[(rows, chunks), THREADS](x3, dy3, mean, group, per_sample, chunk, ps_dy, ps_dyx)
     s_dy = cuda.device_array(rows, np.float64)
     s_dyx = cuda.device_array(rows, np.float64)
-    _sum_partials[_launch(rows)](ps_dy, ps_dyx, s_dy, s_dyx)
+    sum_partials[_launch(rows)](ps_dy, ps_dyx, s_dy, s_dyx)
     shape = (planes, channels)
     s_dy = s_dy.reshape(shape)
     s_dyx = s_dyx.reshape(shape)

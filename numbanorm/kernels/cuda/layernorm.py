@@ -15,6 +15,7 @@ from numba import cuda
 
 from ... import config
 from ._jit import THREADS, elementwise_blocks, kernel
+from .channels import sum_partials
 from .moments import block_merge, block_sum2, welford_add
 
 __all__ = ["forward", "backward"]
@@ -91,7 +92,7 @@ def _rows_backward(x2, dy2, dx2, weight, mean, rstd, center):
 @kernel
 def _column_partials(x2, dy2, mean, rstd, rows_per_chunk, pdw, pdb):
     """Grid (column blocks, K): float64 partial ``sum dy * (x - mean) * rstd`` and ``sum dy``
-    of column j over the k-th chunk of rows into ``pdw[k, j]``, ``pdb[k, j]``."""
+    of column j over the k-th chunk of rows into ``pdw[j, k]``, ``pdb[j, k]``."""
     j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
     k = cuda.blockIdx.y
     n_rows, width = x2.shape
@@ -102,21 +103,8 @@ def _column_partials(x2, dy2, mean, rstd, rows_per_chunk, pdw, pdb):
             g = np.float64(dy2[r, j])
             dw += g * ((x2[r, j] - mean[r]) * rstd[r])
             db += g
-        pdw[k, j] = dw
-        pdb[k, j] = db
-
-
-@kernel
-def _column_sums(pdw, pdb, dweight, dbias):
-    """Sum the K partial rows: (K, D) -> (D,), stored in x's dtype."""
-    for j in range(cuda.grid(1), dweight.shape[0], cuda.gridsize(1)):
-        dw = 0.0
-        db = 0.0
-        for k in range(pdw.shape[0]):
-            dw += pdw[k, j]
-            db += pdb[k, j]
-        dweight[j] = dw
-        dbias[j] = db
+        pdw[j, k] = dw
+        pdb[j, k] = db
 
 
 def forward(x2, y2, weight, bias, eps, center):
@@ -143,8 +131,8 @@ def backward(x2, dy2, dx2, weight, mean, rstd, center):
     chunks = max(1, min(n_rows, config.CUDA_MAX_PARTIALS))
     rows_per_chunk = -(-n_rows // chunks)
     chunks = -(-n_rows // rows_per_chunk)
-    pdw = cuda.device_array((chunks, width), np.float64)
-    pdb = cuda.device_array((chunks, width), np.float64)
+    pdw = cuda.device_array((width, chunks), np.float64)
+    pdb = cuda.device_array((width, chunks), np.float64)
     _column_partials[(-(-width // THREADS), chunks), THREADS](x2, dy2, mean, rstd, rows_per_chunk, pdw, pdb)
-    _column_sums[elementwise_blocks(width), THREADS](pdw, pdb, dweight, dbias)
+    sum_partials[elementwise_blocks(width), THREADS](pdw, pdb, dweight, dbias)
     return dweight, dbias
