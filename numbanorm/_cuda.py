@@ -114,14 +114,7 @@ def _stats(arr, name, shape):
 
 
 def _check_dy(dy, x):
-    if not _device.is_cuda_array(dy):
-        raise TypeError(f"dy must be a CUDA device array like the forward input, got {type(dy).__name__}")
-    dy = _as_device(dy, "dy")
-    if tuple(dy.shape) != tuple(x.shape):
-        raise ValueError(f"dy must have the shape of the forward input {tuple(x.shape)}, got {tuple(dy.shape)}")
-    if dy.dtype != x.dtype:
-        raise TypeError(f"dy must have the dtype of the forward input ({x.dtype}), got {dy.dtype}")
-    return dy
+    return _as_device(v.check_dy(dy, x), "dy")
 
 
 def _check_out(out, x):
