@@ -238,14 +238,12 @@ def _rows_forward(x, normalized_shape, weight, bias, eps, out, center):
     width = x2.shape[1]
     w = _row_param(weight, width, x.dtype, 1)
     b = _row_param(bias, width, x.dtype, 0)
-    if out is not None and out.flags.c_contiguous:
-        y2 = out.reshape(x2.shape)
-    else:
-        y2 = np.empty(x2.shape, x.dtype)
+    direct = out is not None and out.flags.c_contiguous
+    y2 = out.reshape(x2.shape) if direct else np.empty(x2.shape, x.dtype)
     mean, rstd = _ln.forward(x2, y2, w, b, eps, center)
     stat_shape = x.shape[:x.ndim - len(shape)]
     if out is not None:
-        if not np.shares_memory(y2, out):
+        if not direct:
             out[...] = y2.reshape(x.shape)
         y = out
     else:
