@@ -6,8 +6,8 @@ Drivers over the shared channel passes; every array here is a C-contiguous 3-D v
 
 import numpy as np
 
-from .channels import apply_dx, channel_moments, grad_sums, normalize_packed
-from .elementwise import pack_stats
+from .channels import apply_dx_packed, channel_moments, grad_sums, normalize_packed
+from .elementwise import pack_channel_dx, pack_stats
 
 __all__ = ["forward_train", "forward_eval", "backward"]
 
@@ -50,12 +50,10 @@ def backward(layout, x3, dy3, dx3, mean, invstd, weight, training):
     """
     count = x3.size / (x3.shape[1] if layout == "cf" else x3.shape[2])
     s_dy, s_dyx = grad_sums(layout, x3, dy3, mean)
-    s_dy, s_dyxhat = s_dy[0], s_dyx[0] * invstd
-    a = invstd if weight is None else invstd * weight
-    if training:
-        b = -a * s_dy / count
-        c = -a * invstd * s_dyxhat / count
-    else:
-        b = c = np.zeros_like(a)
-    apply_dx(layout, x3, dy3, dx3, mean, a, b, c)
-    return s_dyxhat, s_dy
+    channels = mean.size
+    q = np.empty((4, 1, channels), x3.dtype)
+    s_dyxhat = np.empty(channels)
+    pack_channel_dx(mean, invstd, _NONE[x3.dtype] if weight is None else weight, s_dy[0], s_dyx[0], count,
+                    bool(training), q, s_dyxhat)
+    apply_dx_packed(layout, x3, dy3, dx3, q)
+    return s_dyxhat, s_dy[0]

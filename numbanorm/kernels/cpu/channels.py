@@ -26,6 +26,7 @@ __all__ = [
     "normalize_packed",
     "grad_sums",
     "apply_dx",
+    "apply_dx_packed",
     "update_running_stats",
     "per_channel64",
 ]
@@ -115,10 +116,15 @@ def apply_dx(layout, x3, dy3, dx3, mean, a, b, c):
     mean = _rows2(mean)
     q = np.empty((4,) + mean.shape, x3.dtype)
     pack_dx(mean, *(np.broadcast_to(_rows2(v), mean.shape) for v in (a, b, c)), q)
+    apply_dx_packed(layout, x3, dy3, dx3, q)
+
+
+def apply_dx_packed(layout, x3, dy3, dx3, q):
+    """``dx = q[1] * dy + q[3] * (x - q[0]) + q[2]`` with packed (4, P, C) coefficients in x's dtype."""
     if layout == "cf":
         dx_rows(x3.size, x3, dy3, dx3, q)
         return
-    per_sample = mean.shape[0] > 1
+    per_sample = q.shape[1] > 1
     xp, dyp, dxp = (_planes(layout, v, per_sample) for v in (x3, dy3, dx3))
     rows_per_chunk, nchunks, _ = _plan_chunks(*xp.shape)
     dx_planes(xp.size, xp, dyp, dxp, q, rows_per_chunk, nchunks)

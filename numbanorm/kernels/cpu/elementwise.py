@@ -29,6 +29,7 @@ __all__ = [
     "pack_stats",
     "update_running",
     "pack_dx",
+    "pack_channel_dx",
     "normalize_rows",
     "dx_rows",
     "normalize_planes",
@@ -136,15 +137,39 @@ def update_running(running_mean, running_var, mean, var, momentum, unbias):
 
 
 @elementwise_helper
+def _store_dx(q, p, j, mu, a, b, c):
+    """``q[:, p, j] = (mean_hi, a, b - c * mean_lo, c)``, rounded to q's dtype by the stores."""
+    q[0, p, j] = mu
+    q[1, p, j] = a
+    q[2, p, j] = b - c * (mu - q[0, p, j])
+    q[3, p, j] = c
+
+
+@elementwise_helper
 def pack_dx(mean, a, b, c, q):
     """Fill ``q`` (4, P, C) in x's dtype with (mean_hi, a, b - c * mean_lo, c) from float64 (P, C)."""
     for p in range(mean.shape[0]):
         for j in range(mean.shape[1]):
-            mu = mean[p, j]
-            q[0, p, j] = mu
-            q[1, p, j] = a[p, j]
-            q[2, p, j] = b[p, j] - c[p, j] * (mu - q[0, p, j])
-            q[3, p, j] = c[p, j]
+            _store_dx(q, p, j, mean[p, j], a[p, j], b[p, j], c[p, j])
+
+
+@elementwise_helper
+def pack_channel_dx(mean, invstd, weight, s_dy, s_dyx, count, stats_grad, q, s_dyxhat):
+    """Per-channel dx coefficients of BatchNorm from its gradient sums, packed into ``q`` (4, 1, C).
+
+    With ``a = invstd * weight`` and ``m = count`` values per channel:
+    ``b = -a * sum(dy) / m`` and ``c = -a * invstd * sum(dy * xhat) / m`` when the
+    statistics came from the batch (``stats_grad``), else 0, so that
+    ``dx = a * dy + c * (x - mean) + b``. ``weight`` is (C,) or empty for none;
+    also fills ``s_dyxhat = invstd * sum(dy * (x - mean))`` (float64 (C,), dweight).
+    """
+    for j in range(mean.size):
+        r = invstd[j]
+        a = r * weight[j] if weight.size else r
+        s_dyxhat[j] = s_dyx[j] * r
+        b = -a * s_dy[j] / count if stats_grad else 0.0
+        c = -a * r * s_dyxhat[j] / count if stats_grad else 0.0
+        _store_dx(q, 0, j, np.float64(mean[j]), a, b, c)
 
 
 @kernel
