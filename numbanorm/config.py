@@ -51,11 +51,9 @@ PARALLEL_MIN_ELEMENTS = _env_int("NUMBANORM_PARALLEL_MIN_ELEMENTS", 1 << 16)
 #: Elements per block in blockwise two-pass moments: a block is read twice, so it
 #: should stay in L1/L2 (4096 float64 = 32 KiB).
 BLOCK_ELEMENTS = _env_int("NUMBANORM_BLOCK_ELEMENTS", 4096)
-#: Rows per block in column reductions (channels-last and (N, C) inputs) are chosen
-#: so that a block holds about this many elements: a block is read twice, so it should
-#: stay in L2 (32768 float32 = 128 KiB), and each block ends with a Chan merge of C
-#: columns, which larger blocks amortize (16384 -> 32768 made BatchNorm1d (4096, 1024)
-#: train forward about 10% faster here).
+#: Column reductions (channels-last and (N, C) inputs) split rows into parallel chunks
+#: of at least this many elements: each chunk ends in a C-wide Chan merge or partial
+#: sum, which a chunk of a few rows would not amortize.
 COLUMN_BLOCK_ELEMENTS = _env_int("NUMBANORM_COLUMN_BLOCK_ELEMENTS", 32768)
 #: Work items per thread in parallel column reductions (load balance vs merge cost).
 CHUNKS_PER_THREAD = _env_int("NUMBANORM_CHUNKS_PER_THREAD", 4)

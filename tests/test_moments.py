@@ -96,3 +96,32 @@ def test_nan_propagates_only_to_its_slice():
     _, mean, m2 = M.row_moments(x)
     assert np.isnan(mean[1]) and np.isnan(m2[1])
     assert np.all(np.isfinite(mean[[0, 2]])) and np.all(m2[[0, 2]] == 0)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 3, 7, 8, 9, 15, 16, 17, 1023])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cols_range_moments_every_row_count(rows, dtype):
+    # two Welford streams of rows // 8 * 4 rows each plus a tail: every split is exercised
+    rng = np.random.default_rng(rows)
+    x = (rng.standard_normal((rows, 5)) * 3 + 5).astype(dtype)
+    mean, m2, tmp = np.empty(5), np.empty(5), np.empty((2, 5))
+    count = M.cols_range_moments(x, mean, m2, tmp)
+    assert count == rows
+    x64 = x.astype(np.float64)
+    if rows == 0:
+        assert np.all(mean == 0) and np.all(m2 == 0)
+        return
+    np.testing.assert_allclose(mean, x64.mean(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(m2, ((x64 - x64.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-11, atol=1e-12)
+
+
+def test_cols_range_moments_far_from_zero_float32():
+    # mean 1e4, std 1e-2 in float32, 3000 rows: Welford in float64 keeps every digit that matters
+    rng = np.random.default_rng(5)
+    x = (1e4 + 1e-2 * rng.standard_normal((3001, 64))).astype(np.float32)
+    mean, m2 = np.empty(64), np.empty(64)
+    M.cols_range_moments(x, mean, m2, np.empty((2, 64)))
+    x64 = x.astype(np.float64)
+    ref_mean = x64.mean(axis=0)
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-14)
+    np.testing.assert_allclose(m2, ((x64 - ref_mean) ** 2).sum(axis=0), rtol=1e-9)

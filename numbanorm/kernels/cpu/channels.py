@@ -92,7 +92,7 @@ def normalize_packed(layout, x3, y3, q):
         return
     per_sample = q.shape[1] > 1
     xp, yp = _planes(layout, x3, per_sample), _planes(layout, y3, per_sample)
-    rows_per_chunk, nchunks, _ = _plan_chunks(*xp.shape)
+    rows_per_chunk, nchunks = _plan_chunks(*xp.shape)
     normalize_planes(xp.size, xp, yp, q, rows_per_chunk, nchunks)
 
 
@@ -126,7 +126,7 @@ def apply_dx_packed(layout, x3, dy3, dx3, q):
         return
     per_sample = q.shape[1] > 1
     xp, dyp, dxp = (_planes(layout, v, per_sample) for v in (x3, dy3, dx3))
-    rows_per_chunk, nchunks, _ = _plan_chunks(*xp.shape)
+    rows_per_chunk, nchunks = _plan_chunks(*xp.shape)
     dx_planes(xp.size, xp, dyp, dxp, q, rows_per_chunk, nchunks)
 
 

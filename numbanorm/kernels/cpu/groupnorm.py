@@ -148,10 +148,10 @@ def normalize_groups(layout, x3, y3, mean, rstd, weight, bias):
 
 
 @kernel
-def planes_forward(x3, y3, groups, weight, bias, eps, block_rows, planes_per_item, mean, var, rstd, params):
+def planes_forward(x3, y3, groups, weight, bias, eps, planes_per_item, mean, var, rstd, params):
     """Fused GroupNorm of channels-last (N, S, C) planes, parallel over runs of samples.
 
-    Per plane: column moments in cache-sized blocks, Chan-merged over each group's
+    Per plane: column moments (lane-wise Welford), Chan-merged over each group's
     channels, then the plane is normalized with per-channel (hi, scale, shift)
     rows of ``params`` (N, 3, C), in x's dtype. ``weight`` and ``bias`` are float64 (C,).
     """
@@ -162,7 +162,7 @@ def planes_forward(x3, y3, groups, weight, bias, eps, block_rows, planes_per_ite
         col = np.empty((4, n_ch))  # scratch, once per work item
         for n in range(item * planes_per_item, min((item + 1) * planes_per_item, n_planes)):
             xp = x3[n]
-            count = cols_range_moments(xp, block_rows, col[0], col[1], col[2], col[3])
+            count = cols_range_moments(xp, col[0], col[1], col[2:])
             p = params[n]
             for g in range(groups):
                 total, mu, m2 = 0.0, 0.0, 0.0
@@ -251,9 +251,8 @@ def forward(layout, x3, y3, groups, weight, bias, eps):
     if _fused_planes(x3):
         mean, var, rstd = (np.empty((n, groups)) for _ in range(3))
         b = per_channel64(bias, c, 0.0)
-        block_rows = max(1, config.COLUMN_BLOCK_ELEMENTS // c)
         params = np.empty((n, 3, c), x3.dtype)
-        planes_forward(x3.size, x3, y3, groups, per_channel64(weight, c, 1.0), b, eps, block_rows, _planes_per_item(n),
+        planes_forward(x3.size, x3, y3, groups, per_channel64(weight, c, 1.0), b, eps, _planes_per_item(n),
                        mean, var, rstd, params)
         return float(s * (c // groups)), mean, var, rstd
     count, mean, var = group_moments(layout, x3, groups)

@@ -1,8 +1,14 @@
 """The moments primitive: stable per-slice (count, mean, M2) and Chan's merge.
 
-Every layer's statistics come from here. Within a cache-sized block the moments
-are a two-pass computation (mean first, then the sum of squared deviations from it),
-both accumulated in float64; blocks, threads, CUDA blocks and processes are then
+Every layer's statistics come from here, accumulated in float64:
+
+* Contiguous slices (rows of NCHW planes, LayerNorm rows, GroupNorm blocks): a
+  two-pass computation within each cache-sized block (mean first, then the sum of
+  squared deviations from it); the second pass reads the block from L1/L2.
+* Columns of a (rows, C) array (channels-last and (N, C) input): lane-wise Welford
+  (1962), one lane per column, which reads each row once.
+
+Blocks, row chunks, threads, channels of a group, CUDA blocks and processes are then
 combined with the pairwise update of Chan, Golub & LeVeque (1979):
 
 .. math::
@@ -12,8 +18,9 @@ combined with the pairwise update of Chan, Golub & LeVeque (1979):
     M_2 = M_{2,a} + M_{2,b} + \\delta^2 n_a n_b / n.
 
 ``E[x^2] - E[x]^2`` is never used: it cancels catastrophically for data far from zero.
-A per-element Welford update would be as stable but does not vectorize; the two-pass
-block reads the block twice from L1, which costs less than the dependency chain.
+A per-element Welford update along a contiguous slice would be as stable but is a
+serial dependency chain that does not vectorize; across columns each lane is
+independent, so there it vectorizes and saves the second read.
 """
 
 import numba
@@ -21,14 +28,12 @@ import numpy as np
 from numba import prange
 
 from ... import config
-from ._jit import kernel, reduce_helper
+from ._jit import elementwise_helper, kernel, reduce_helper
 
 __all__ = [
     "chan_merge",
     "slice_moments",
     "slice_mean_square",
-    "cols_block_moments",
-    "cols_merge",
     "cols_range_moments",
     "rows_moments",
     "cols_moments",
@@ -95,54 +100,104 @@ def slice_mean_square(x):
     return s / max(x.size, 1)
 
 
-@reduce_helper
-def cols_block_moments(x2, mean, m2):
-    """Two-pass moments of each column of a (rows, C) block into ``mean``/``m2`` (float64).
+@elementwise_helper
+def cols_range_moments(x2, mean, m2, tmp):
+    """Moments of each column of a (rows, C) array into float64 ``mean``/``m2``; returns the row count.
 
-    Four rows per sweep: the (C,) accumulators are read and written once per four
-    elements of a column instead of once per element.
+    Lane-wise Welford (1962), one lane per column: for the ``k``-th row of a stream
+
+    .. math::
+
+        \\delta = x_k - \\bar x,\\quad \\bar x \\mathrel{+}= \\delta / k,\\quad
+        M_2 \\mathrel{+}= \\delta\\,(x_k - \\bar x),
+
+    all in float64. The ``1 / k`` factor is shared by a row's columns, so the update
+    vectorizes across columns, and each row is read once (a two-pass block would read
+    it again from L2, which is what bounded the column passes). The first and second
+    halves of the rows are two independent streams updated in the same sweep, four
+    rows at a time, so that narrow arrays (C = 64: eight vectors) still have enough
+    independent work to hide the update's latency; the halves are Chan-merged at the
+    end. ``tmp`` is (2, C) float64 scratch for the second stream. Nothing is reduced
+    across columns, so the loop vectorizes without ``reassoc`` and is compiled without
+    it: the update stays exactly as written.
     """
     rows, cols = x2.shape
     mean[:] = 0.0
     m2[:] = 0.0
-    quad = rows - rows % 4
-    for i in range(0, quad, 4):
-        r0, r1, r2, r3 = x2[i], x2[i + 1], x2[i + 2], x2[i + 3]
-        for c in range(cols):
-            mean[c] += (np.float64(r0[c]) + r1[c]) + (np.float64(r2[c]) + r3[c])
-    for i in range(quad, rows):
-        r0 = x2[i]
-        for c in range(cols):
-            mean[c] += r0[c]
-    inv = 1.0 / rows
-    for c in range(cols):
-        mean[c] *= inv
-    for i in range(0, quad, 4):
-        r0, r1, r2, r3 = x2[i], x2[i + 1], x2[i + 2], x2[i + 3]
+    if rows == 0:
+        return 0.0
+    mean_b = tmp[0]
+    m2_b = tmp[1]
+    mean_b[:] = 0.0
+    m2_b[:] = 0.0
+    half = (rows // 8) * 4
+    xa = x2[:half]
+    xb = x2[half:2 * half]
+    for i in range(0, half, 4):
+        a0, a1, a2, a3 = xa[i], xa[i + 1], xa[i + 2], xa[i + 3]
+        b0, b1, b2, b3 = xb[i], xb[i + 1], xb[i + 2], xb[i + 3]
+        f0 = 1.0 / (i + 1)
+        f1 = 1.0 / (i + 2)
+        f2 = 1.0 / (i + 3)
+        f3 = 1.0 / (i + 4)
         for c in range(cols):
             mu = mean[c]
-            d0 = r0[c] - mu
-            d1 = r1[c] - mu
-            d2 = r2[c] - mu
-            d3 = r3[c] - mu
-            m2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-    for i in range(quad, rows):
+            q = m2[c]
+            nu = mean_b[c]
+            p = m2_b[c]
+            v = np.float64(a0[c])
+            w = np.float64(b0[c])
+            d = v - mu
+            e = w - nu
+            mu += d * f0
+            nu += e * f0
+            q += d * (v - mu)
+            p += e * (w - nu)
+            v = np.float64(a1[c])
+            w = np.float64(b1[c])
+            d = v - mu
+            e = w - nu
+            mu += d * f1
+            nu += e * f1
+            q += d * (v - mu)
+            p += e * (w - nu)
+            v = np.float64(a2[c])
+            w = np.float64(b2[c])
+            d = v - mu
+            e = w - nu
+            mu += d * f2
+            nu += e * f2
+            q += d * (v - mu)
+            p += e * (w - nu)
+            v = np.float64(a3[c])
+            w = np.float64(b3[c])
+            d = v - mu
+            e = w - nu
+            mu += d * f3
+            nu += e * f3
+            q += d * (v - mu)
+            p += e * (w - nu)
+            mean[c] = mu
+            m2[c] = q
+            mean_b[c] = nu
+            m2_b[c] = p
+    # The last rows % 8 rows continue the second stream.
+    for i in range(2 * half, rows):
         r0 = x2[i]
+        f0 = 1.0 / (i - half + 1)
         for c in range(cols):
-            d = r0[c] - mean[c]
-            m2[c] += d * d
-
-
-@reduce_helper
-def cols_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
-    """Chan-merge column moments of ``n_b`` rows into those of ``n_a`` rows, in place."""
-    n = n_a + n_b
-    frac = n_b / n
-    weight = n_a * frac
-    for c in range(mean_a.size):
-        delta = mean_b[c] - mean_a[c]
-        mean_a[c] += delta * frac
-        m2_a[c] += m2_b[c] + delta * delta * weight
+            v = np.float64(r0[c])
+            d = v - mean_b[c]
+            mean_b[c] += d * f0
+            m2_b[c] += d * (v - mean_b[c])
+    n_b = rows - half
+    frac = n_b / rows
+    weight = half * frac
+    for c in range(cols):
+        delta = mean_b[c] - mean[c]
+        mean[c] += delta * frac
+        m2[c] += m2_b[c] + delta * delta * weight
+    return float(rows)
 
 
 @kernel
@@ -152,29 +207,8 @@ def rows_moments(x2, block, mean, m2):
         _, mean[r], m2[r] = slice_moments(x2[r], block)
 
 
-@reduce_helper
-def cols_range_moments(x2, block_rows, mean, m2, tmp_mean, tmp_m2):
-    """Column moments of a (rows, C) array walked in cache-sized blocks of ``block_rows``.
-
-    Each block is a two-pass computation, Chan-merged into ``mean``/``m2``;
-    ``tmp_mean``/``tmp_m2`` are (C,) float64 scratch. Returns the row count.
-    """
-    n_rows = x2.shape[0]
-    first = min(block_rows, n_rows)
-    cols_block_moments(x2[:first], mean, m2)
-    count = float(first)
-    lo = first
-    while lo < n_rows:
-        hi = min(lo + block_rows, n_rows)
-        cols_block_moments(x2[lo:hi], tmp_mean, tmp_m2)
-        cols_merge(count, mean, m2, float(hi - lo), tmp_mean, tmp_m2)
-        count += hi - lo
-        lo = hi
-    return count
-
-
 @kernel
-def cols_moments(x3, rows_per_chunk, block_rows, mean, m2):
+def cols_moments(x3, rows_per_chunk, mean, m2):
     """Partial column moments of a C-contiguous (B, R, C) array.
 
     Rows of each of the B planes are cut into K chunks of ``rows_per_chunk`` rows;
@@ -188,9 +222,8 @@ def cols_moments(x3, rows_per_chunk, block_rows, mean, m2):
         k = item - b * nchunks
         start = k * rows_per_chunk
         stop = min(start + rows_per_chunk, nrows)
-        tmp_mean = np.empty(ncols, np.float64)
-        tmp_m2 = np.empty(ncols, np.float64)
-        cols_range_moments(x3[b, start:stop], block_rows, mean[b, k], m2[b, k], tmp_mean, tmp_m2)
+        tmp = np.empty((2, ncols))
+        cols_range_moments(x3[b, start:stop], mean[b, k], m2[b, k], tmp)
 
 
 @kernel
@@ -216,17 +249,21 @@ def merge_partials(counts, mean, m2, out_count, out_mean, out_m2):
 
 
 def _plan_chunks(planes, rows, cols):
-    """Rows per chunk for :func:`cols_moments`-style column passes over (planes, rows, cols)."""
-    block_rows = max(1, config.COLUMN_BLOCK_ELEMENTS // max(cols, 1))
+    """(rows per chunk, chunks per plane) for column passes over (planes, rows, cols).
+
+    A chunk holds at least ``config.COLUMN_BLOCK_ELEMENTS`` values: each one ends in a
+    (C,)-wide merge or partial sum, which a chunk of too few rows would not amortize.
+    """
     if planes * rows * cols < config.PARALLEL_MIN_ELEMENTS:
         # The serial build runs it: one chunk per plane, nothing to merge.
-        return max(rows, 1), 1, block_rows
+        return max(rows, 1), 1
+    min_rows = max(1, config.COLUMN_BLOCK_ELEMENTS // max(cols, 1))
     items = numba.get_num_threads() * config.CHUNKS_PER_THREAD
     want = -(-items // planes)
-    nchunks = max(1, min(want, -(-rows // block_rows)))
+    nchunks = max(1, min(want, -(-rows // min_rows)))
     rows_per_chunk = -(-rows // nchunks)
     nchunks = -(-rows // rows_per_chunk)
-    return rows_per_chunk, nchunks, block_rows
+    return rows_per_chunk, nchunks
 
 
 def chunk_counts(rows, rows_per_chunk, nchunks):
@@ -270,10 +307,10 @@ def column_moments(x3):
     computed in parallel and merged with Chan's formula.
     """
     planes, rows, cols = x3.shape
-    rows_per_chunk, nchunks, block_rows = _plan_chunks(planes, rows, cols)
+    rows_per_chunk, nchunks = _plan_chunks(planes, rows, cols)
     mean = np.empty((planes, nchunks, cols))
     m2 = np.empty((planes, nchunks, cols))
-    cols_moments(x3.size, x3, rows_per_chunk, block_rows, mean, m2)
+    cols_moments(x3.size, x3, rows_per_chunk, mean, m2)
     if nchunks == 1:
         return float(rows), mean[:, 0], m2[:, 0]
     _, mean, m2 = merge(chunk_counts(rows, rows_per_chunk, nchunks), mean, m2)

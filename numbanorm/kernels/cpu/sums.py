@@ -91,7 +91,7 @@ def row_grad_sums(x2, dy2, mean):
 def column_grad_sums(x3, dy3, mean):
     """Per-column gradient sums of each plane of (B, R, C) arrays; ``mean`` is (B, C)."""
     planes, rows, cols = x3.shape
-    rows_per_chunk, nchunks, _ = _plan_chunks(planes, rows, cols)
+    rows_per_chunk, nchunks = _plan_chunks(planes, rows, cols)
     s_dy = np.empty((planes, nchunks, cols))
     s_dyx = np.empty((planes, nchunks, cols))
     mean = np.ascontiguousarray(mean, dtype=np.float64)
