@@ -18,7 +18,12 @@ Each time is the median over repeats of the mean time of a calibrated number of
 calls (``timeit`` style, after a warm-up call that also compiles), and the three
 callables are timed interleaved, repeat by repeat, so that drift of a noisy machine
 hits them alike. The table reports ``vs torch = torch time / numbanorm time``
-(above 1: numbanorm is faster) and ``copies = numbanorm time / copy time``.
+(above 1: numbanorm is faster) and ``copies = numbanorm time / copy time``. By
+default (``--stat paired``) each ratio is the median of the per-repeat ratios: the
+callables of one repeat run back to back, so a burst of load from elsewhere that
+lasts a repeat or two scales a ratio's numerator and denominator alike instead of
+moving one median. ``--stat median`` / ``--stat min`` take ratios of the medians /
+minima instead.
 
 The measuring functions (:func:`make_input`, :func:`numbanorm_runner`,
 :func:`torch_runner`, :func:`copy_runner`, :func:`time_interleaved`,
@@ -66,6 +71,13 @@ __all__ = [
 ]
 
 #: The passes of every row, in table order.
+#: Statistics over the repeats that :func:`measure` knows.
+STATS = ("paired", "median", "min")
+_STAT_NOTE = {
+    "paired": "median of {repeat} repeats, ratios = median of the per-repeat ratios",
+    "median": "median of {repeat} repeats",
+    "min": "min of {repeat} repeats",
+}
 PASSES = ("train_forward", "train_step", "eval_forward")
 #: ``channels_last`` is an NCHW-shaped view of NHWC memory (channel axis last in memory).
 LAYOUTS = ("contiguous", "channels_last")
@@ -435,6 +447,7 @@ def time_interleaved(runners, repeat=7, min_time=0.05, warmup=1, settle=0.003):
         name: {
             "median": statistics.median(s),
             "min": min(s),
+            "samples": list(s),
             "number": numbers[name],
             "repeat": len(s),
         }
@@ -451,12 +464,14 @@ def _to_numpy(out):
 
 
 def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1,
-            torch=True, copy=True, check=True, data=None, stat="median"):
+            torch=True, copy=True, check=True, data=None, stat="paired"):
     """Measure one row: numbanorm, PyTorch and the copy, interleaved, on ``threads`` threads.
 
     ``torch`` / ``copy`` switch the reference points off; ``data`` is an optional
     ``(x, dy)`` pair (default :func:`make_input`); ``stat`` is ``"median"`` or
-    ``"min"`` over the repeats. Returns a dict with the row's keys
+    ``"min"`` over the repeats, or ``"paired"``: median times, and ratios that are the
+    median of the per-repeat ratios (``samples`` holds the per-repeat times).
+    Returns a dict with the row's keys
     (``numbanorm_s``, ``torch_s``, ``copy_s``, ``vs_torch``, ``copies``,
     ``max_abs_diff``: largest difference of y (forward) or dx (step) to PyTorch);
     unavailable values are None.
@@ -478,6 +493,7 @@ def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1,
         "vs_torch": None,
         "copies": None,
         "max_abs_diff": None,
+        "samples": None,
         "error": None,
     }
     runners = {"numbanorm": numbanorm_runner(case, pass_, x, dy)}
@@ -486,14 +502,21 @@ def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1,
     if copy:
         runners["copy"] = copy_runner(x)
     result = time_interleaved(runners, repeat=repeat, min_time=min_time, warmup=warmup)
-    ours = result["numbanorm"][stat]
+    if stat not in STATS:
+        raise ValueError(f"unknown stat {stat!r}; expected one of {STATS}")
+    pick = "median" if stat == "paired" else stat
+    ours = result["numbanorm"][pick]
     row["numbanorm_s"] = ours
+    row["samples"] = {name: r["samples"] for name, r in result.items()}
+    mine = result["numbanorm"]["samples"]
     if "torch" in result:
-        row["torch_s"] = result["torch"][stat]
-        row["vs_torch"] = row["torch_s"] / ours
+        row["torch_s"] = result["torch"][pick]
+        row["vs_torch"] = (statistics.median(t / o for t, o in zip(result["torch"]["samples"], mine, strict=True))
+                           if stat == "paired" else row["torch_s"] / ours)
     if "copy" in result:
-        row["copy_s"] = result["copy"][stat]
-        row["copies"] = ours / row["copy_s"]
+        row["copy_s"] = result["copy"][pick]
+        row["copies"] = (statistics.median(o / c for o, c in zip(mine, result["copy"]["samples"], strict=True))
+                         if stat == "paired" else ours / row["copy_s"])
     if check and runners.get("torch") is not None:
         ref = _to_numpy(runners["torch"]())
         got = _to_numpy(runners["numbanorm"]())
@@ -735,8 +758,10 @@ def _parser():
                    help="seconds per repeat used to calibrate the calls per repeat "
                    "(default 0.1, 0.02 with --quick)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch (columns n/a)")
-    p.add_argument("--stat", choices=("median", "min"), default="median",
-                   help="statistic over the repeats (default median)")
+    p.add_argument("--stat", choices=STATS, default="paired",
+                   help="statistic over the repeats: 'paired' (default) gives median times "
+                   "and ratios that are medians of per-repeat ratios; 'median' and 'min' "
+                   "give ratios of medians or of minima")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     # For the tests: tiny shapes of every family.
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
@@ -893,8 +918,8 @@ def main(argv=None, *, cases=None, out=None):
     busy_after = _busy_note(max(threads_list))
     header = (f"numbanorm bench: {info['date']}, {info['cpu']} ({info['cpu_count']} CPUs), "
               f"threads={info['threads']}, numba {info['numba']}, torch {torch_note}\n"
-              f"{args.stat} of {repeat} repeats; vs torch = torch/numbanorm (>1: numbanorm "
-              "faster); copies = numbanorm/copy")
+              f"{_STAT_NOTE[args.stat].format(repeat=repeat)}; vs torch = torch/numbanorm "
+              "(>1: numbanorm faster); copies = numbanorm/copy")
     for note in dict.fromkeys(n for n in (busy_note, busy_after) if n):
         header += f"\nwarning: {note}"
     print(header, file=out)

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 
@@ -54,10 +55,32 @@ def test_main_tiny_writes_table_json_and_png(tmp_path):
     for r in rows:
         assert r["error"] is None
         assert r["numbanorm_s"] > 0 and r["copy_s"] > 0
-        assert r["copies"] == pytest.approx(r["numbanorm_s"] / r["copy_s"])
+        # default --stat paired: median times, ratios = medians of the per-repeat ratios
+        ours = r["samples"]["numbanorm"]
+        assert len(ours) == data["meta"]["repeat"]
+        assert r["numbanorm_s"] == pytest.approx(statistics.median(ours))
+        assert r["copies"] == pytest.approx(statistics.median(
+            o / c for o, c in zip(ours, r["samples"]["copy"], strict=True)))
         if data["meta"]["torch"] is not None:
-            assert r["vs_torch"] == pytest.approx(r["torch_s"] / r["numbanorm_s"])
+            assert r["vs_torch"] == pytest.approx(statistics.median(
+                t / o for t, o in zip(r["samples"]["torch"], ours, strict=True)))
     assert png_path.read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize("stat", ["median", "min"])
+def test_stat_median_and_min_give_ratios_of_the_statistic(stat):
+    case = bench.Case("LayerNorm", (4, 8))
+    r = bench.measure(case, "train_forward", repeat=3, min_time=0.001, stat=stat)
+    pick = statistics.median if stat == "median" else min
+    assert r["numbanorm_s"] == pytest.approx(pick(r["samples"]["numbanorm"]))
+    assert r["copies"] == pytest.approx(r["numbanorm_s"] / r["copy_s"])
+    if r["torch_s"] is not None:
+        assert r["vs_torch"] == pytest.approx(r["torch_s"] / r["numbanorm_s"])
+
+
+def test_unknown_stat_is_refused():
+    with pytest.raises(ValueError, match="unknown stat 'mean'"):
+        bench.measure(bench.Case("LayerNorm", (4, 8)), "train_forward", repeat=1, min_time=0.001, stat="mean")
 
 
 def test_main_without_torch_says_na(tmp_path, monkeypatch):
