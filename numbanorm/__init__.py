@@ -3,7 +3,7 @@
 BatchNorm1d/2d/3d, LayerNorm, RMSNorm, GroupNorm and InstanceNorm1d/2d/3d with forward,
 backward, running statistics, and BatchNorm folding for inference (:mod:`numbanorm.fuse`).
 Semantics match PyTorch; statistics are numerically stable (float64 two-pass blocks
-merged with Chan's formula) and the kernels are compiled with Numba.
+or lane-wise Welford, merged with Chan's formula) and the kernels are compiled with Numba.
 """
 
 from . import config, functional
