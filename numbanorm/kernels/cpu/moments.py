@@ -34,6 +34,7 @@ __all__ = [
     "chan_merge",
     "slice_moments",
     "slice_mean_square",
+    "welford_step",
     "cols_range_moments",
     "rows_moments",
     "cols_moments",
@@ -101,6 +102,15 @@ def slice_mean_square(x):
 
 
 @elementwise_helper
+def welford_step(x, mean, m2, inv_count):
+    """One Welford update of a running (mean, M2) by ``x``, ``inv_count = 1 / (count after)``."""
+    v = np.float64(x)
+    d = v - mean
+    mean += d * inv_count
+    return mean, m2 + d * (v - mean)
+
+
+@elementwise_helper
 def cols_range_moments(x2, mean, m2, tmp):
     """Moments of each column of a (rows, C) array into float64 ``mean``/``m2``; returns the row count.
 
@@ -141,55 +151,24 @@ def cols_range_moments(x2, mean, m2, tmp):
         f2 = 1.0 / (i + 3)
         f3 = 1.0 / (i + 4)
         for c in range(cols):
-            mu = mean[c]
-            q = m2[c]
-            nu = mean_b[c]
-            p = m2_b[c]
-            v = np.float64(a0[c])
-            w = np.float64(b0[c])
-            d = v - mu
-            e = w - nu
-            mu += d * f0
-            nu += e * f0
-            q += d * (v - mu)
-            p += e * (w - nu)
-            v = np.float64(a1[c])
-            w = np.float64(b1[c])
-            d = v - mu
-            e = w - nu
-            mu += d * f1
-            nu += e * f1
-            q += d * (v - mu)
-            p += e * (w - nu)
-            v = np.float64(a2[c])
-            w = np.float64(b2[c])
-            d = v - mu
-            e = w - nu
-            mu += d * f2
-            nu += e * f2
-            q += d * (v - mu)
-            p += e * (w - nu)
-            v = np.float64(a3[c])
-            w = np.float64(b3[c])
-            d = v - mu
-            e = w - nu
-            mu += d * f3
-            nu += e * f3
-            q += d * (v - mu)
-            p += e * (w - nu)
-            mean[c] = mu
-            m2[c] = q
-            mean_b[c] = nu
-            m2_b[c] = p
+            mu, q = mean[c], m2[c]
+            nu, p = mean_b[c], m2_b[c]
+            mu, q = welford_step(a0[c], mu, q, f0)
+            nu, p = welford_step(b0[c], nu, p, f0)
+            mu, q = welford_step(a1[c], mu, q, f1)
+            nu, p = welford_step(b1[c], nu, p, f1)
+            mu, q = welford_step(a2[c], mu, q, f2)
+            nu, p = welford_step(b2[c], nu, p, f2)
+            mu, q = welford_step(a3[c], mu, q, f3)
+            nu, p = welford_step(b3[c], nu, p, f3)
+            mean[c], m2[c] = mu, q
+            mean_b[c], m2_b[c] = nu, p
     # The last rows % 8 rows continue the second stream.
     for i in range(2 * half, rows):
         r0 = x2[i]
         f0 = 1.0 / (i - half + 1)
         for c in range(cols):
-            v = np.float64(r0[c])
-            d = v - mean_b[c]
-            mean_b[c] += d * f0
-            m2_b[c] += d * (v - mean_b[c])
+            mean_b[c], m2_b[c] = welford_step(r0[c], mean_b[c], m2_b[c], f0)
     n_b = rows - half
     frac = n_b / rows
     weight = half * frac
