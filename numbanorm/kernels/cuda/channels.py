@@ -16,8 +16,8 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._jit import THREADS, elementwise_blocks, kernel, partials
-from .moments import block_sum2
+from ._jit import THREADS, device, elementwise_blocks, kernel, partials
+from .moments import block_sum2, channel_chunk
 
 __all__ = ["stats_from_running", "update_running", "normalize", "backward", "ones", "zeros"]
 
@@ -65,17 +65,24 @@ def _forward_coefs(mean, rstd, group, weight, bias, hi, lo, scale, shift):
         shift[p, c] = bias[c]
 
 
+@device
+def element_at(x3, i, per_sample):
+    """``(n, c, s, p)`` of flat index ``i`` of a C-contiguous (N, C, S) array; ``p`` is the
+    row of (P, C) coefficients: ``n`` when ``per_sample``, else 0."""
+    length = x3.shape[2]
+    channels = x3.shape[1]
+    r = i // length
+    s = i - r * length
+    n = r // channels
+    return n, r - n * channels, s, n if per_sample else 0
+
+
 @kernel
 def _normalize(x3, y3, hi, lo, scale, shift):
     """``y = ((x - hi) - lo) * scale + shift`` with (P, C) coefficients, P in {1, N}."""
-    n_samples, channels, length = x3.shape
     per_sample = hi.shape[0] > 1
-    for i in range(cuda.grid(1), n_samples * channels * length, cuda.gridsize(1)):
-        r = i // length
-        s = i - r * length
-        n = r // channels
-        c = r - n * channels
-        p = n if per_sample else 0
+    for i in range(cuda.grid(1), x3.size, cuda.gridsize(1)):
+        n, c, s, p = element_at(x3, i, per_sample)
         y3[n, c, s] = ((x3[n, c, s] - hi[p, c]) - lo[p, c]) * scale[p, c] + shift[p, c]
 
 
@@ -88,16 +95,9 @@ def _partial_grad_sums(x3, dy3, mean, group, per_sample, chunk, ps_dy, ps_dyx):
     """
     sh_a = cuda.shared.array(THREADS, np.float64)
     sh_b = cuda.shared.array(THREADS, np.float64)
-    q = cuda.blockIdx.x
-    k = cuda.blockIdx.y
-    channels = x3.shape[1]
+    q, k, p, c, lo, hi = channel_chunk(x3, per_sample, chunk)
     length = x3.shape[2]
-    p = q // channels
-    c = q - p * channels
     mu = mean[p, c // group]
-    span = length if per_sample else x3.shape[0] * length
-    lo = k * chunk
-    hi = min(lo + chunk, span)
     s_dy = 0.0
     s_dyx = 0.0
     for j in range(lo + cuda.threadIdx.x, hi, cuda.blockDim.x):
@@ -172,14 +172,9 @@ def _param_grads(s_dy, s_dyx, rstd, group, dweight, dbias):
 @kernel
 def _apply_dx(x3, dy3, dx3, hi, lo, a, b, c3):
     """``dx = a * dy + c * ((x - hi) - lo) + b`` with (P, C) coefficients, P in {1, N}."""
-    n_samples, channels, length = x3.shape
     per_sample = hi.shape[0] > 1
-    for i in range(cuda.grid(1), n_samples * channels * length, cuda.gridsize(1)):
-        r = i // length
-        s = i - r * length
-        n = r // channels
-        c = r - n * channels
-        p = n if per_sample else 0
+    for i in range(cuda.grid(1), x3.size, cuda.gridsize(1)):
+        n, c, s, p = element_at(x3, i, per_sample)
         dx3[n, c, s] = a[p, c] * dy3[n, c, s] + c3[p, c] * ((x3[n, c, s] - hi[p, c]) - lo[p, c]) + b[p, c]
 
 

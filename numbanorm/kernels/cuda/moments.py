@@ -30,6 +30,7 @@ __all__ = [
     "welford_add",
     "block_merge",
     "block_sum2",
+    "channel_chunk",
     "partial_moments",
     "merge_moments",
     "channel_stats",
@@ -94,6 +95,25 @@ def block_sum2(a, b, sh_a, sh_b):
     return a, b
 
 
+@device
+def channel_chunk(x3, per_sample, chunk):
+    """``(q, k, p, c, lo, hi)`` of this block in a ``(P * C, K)`` grid over (N, C, S) ``x3``.
+
+    Block (q, k) takes values ``lo:hi`` of channel ``c = q % C``, numbered over all
+    samples and positions (``per_sample`` False, p = 0) or over the positions of sample
+    ``p = q // C``; value j sits at ``x3[p + j // S, c, j % S]`` either way.
+    """
+    q = cuda.blockIdx.x
+    k = cuda.blockIdx.y
+    channels = x3.shape[1]
+    length = x3.shape[2]
+    p = q // channels
+    c = q - p * channels
+    span = length if per_sample else x3.shape[0] * length
+    lo = k * chunk
+    return q, k, p, c, lo, min(lo + chunk, span)
+
+
 @kernel
 def partial_moments(x3, per_sample, center, chunk, pn, pmean, pm2):
     """Partial moments of the channels of a C-contiguous (N, C, S) array.
@@ -107,15 +127,8 @@ def partial_moments(x3, per_sample, center, chunk, pn, pmean, pm2):
     sh_n = cuda.shared.array(THREADS, np.float64)
     sh_mean = cuda.shared.array(THREADS, np.float64)
     sh_m2 = cuda.shared.array(THREADS, np.float64)
-    q = cuda.blockIdx.x
-    k = cuda.blockIdx.y
-    channels = x3.shape[1]
+    q, k, p, c, lo, hi = channel_chunk(x3, per_sample, chunk)
     length = x3.shape[2]
-    p = q // channels
-    c = q - p * channels
-    span = length if per_sample else x3.shape[0] * length
-    lo = k * chunk
-    hi = min(lo + chunk, span)
     n = 0.0
     mean = 0.0
     m2 = 0.0
