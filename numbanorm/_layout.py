@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from . import _memory
+
 __all__ = ["channel_view", "like_view", "new_output", "match_layout"]
 
 
@@ -70,7 +72,7 @@ def like_view(layout, x3, arr):
 
 def new_output(layout, x3, shape, dtype=None):
     """Allocate ``(out3, out)``: a kernel view and the array of ``shape`` in the same layout."""
-    out3 = np.empty(x3.shape, dtype=dtype or x3.dtype)
+    out3 = _memory.empty(x3.shape, dtype or x3.dtype)
     return out3, _unview(layout, out3, shape)
 
 

@@ -411,7 +411,8 @@ def time_interleaved(runners, repeat=7, min_time=0.05, warmup=1, settle=0.003):
 
     ``timeit`` style: ``warmup`` untimed calls, then the number of calls per repeat is
     calibrated so that one repeat lasts about ``min_time`` seconds, then ``repeat``
-    rounds time every callable in turn (interleaved) with the garbage collector off.
+    rounds time every callable in turn (interleaved, the order rotated each round)
+    with the garbage collector off.
     Before each timed block the process sleeps ``settle`` seconds: PyTorch and Numba's
     ``omp`` layer use two different OpenMP runtimes whose idle threads spin for a
     while after a parallel region, and on a machine with few cores the spinning
@@ -431,8 +432,14 @@ def time_interleaved(runners, repeat=7, min_time=0.05, warmup=1, settle=0.003):
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for _ in range(max(repeat, 1)):
-            for name, fn in runners.items():
+        names = list(runners)
+        for rep in range(max(repeat, 1)):
+            # Rotate the order every repeat: a callable's time depends on which one ran
+            # just before it (the other library's OpenMP threads still spinning, the
+            # cache and allocator state it left), so each gets every position in turn.
+            shift = rep % len(names)
+            for name in names[shift:] + names[:shift]:
+                fn = runners[name]
                 n = numbers[name]
                 if settle > 0:
                     time.sleep(settle)

@@ -55,6 +55,12 @@ BLOCK_ELEMENTS = _env_int("NUMBANORM_BLOCK_ELEMENTS", 4096)
 #: of at least this many elements: each chunk ends in a C-wide Chan merge or partial
 #: sum, which a chunk of a few rows would not amortize.
 COLUMN_BLOCK_ELEMENTS = _env_int("NUMBANORM_COLUMN_BLOCK_ELEMENTS", 32768)
+#: Outputs, packed per-channel params and column accumulators start on this byte
+#: boundary (a cache line, and one AVX-512 vector): NumPy only guarantees 16.
+ALIGN_BYTES = _env_int("NUMBANORM_ALIGN_BYTES", 64)
+#: Passes over fewer elements than this use plain NumPy allocations: the aligned one
+#: costs about a microsecond more, which a small call would notice.
+ALIGN_MIN_ELEMENTS = _env_int("NUMBANORM_ALIGN_MIN_ELEMENTS", 1 << 16)
 #: Work items per thread in parallel column reductions (load balance vs merge cost).
 CHUNKS_PER_THREAD = _env_int("NUMBANORM_CHUNKS_PER_THREAD", 4)
 

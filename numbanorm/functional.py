@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from . import _layout
+from . import _layout, _memory
 from . import _validation as v
 from ._device import cuda_ops as _cuda
 from ._device import is_cuda_array as _is_cuda
@@ -236,10 +236,10 @@ def _rows_forward(x, normalized_shape, weight, bias, eps, out, center):
     eps = v.check_eps(eps)
     v.check_out(out, x)
     width = x2.shape[1]
-    w = _row_param(weight, width, x.dtype, 1)
-    b = _row_param(bias, width, x.dtype, 0)
+    w = _row_param(weight, width, x.dtype, 1, x2.size)
+    b = _row_param(bias, width, x.dtype, 0, x2.size)
     direct = out is not None and out.flags.c_contiguous
-    y2 = out.reshape(x2.shape) if direct else np.empty(x2.shape, x.dtype)
+    y2 = out.reshape(x2.shape) if direct else _memory.empty(x2.shape, x.dtype)
     mean, rstd = _ln.forward(x2, y2, w, b, eps, center)
     stat_shape = x.shape[:x.ndim - len(shape)]
     if out is not None:
@@ -253,13 +253,14 @@ def _rows_forward(x, normalized_shape, weight, bias, eps, out, center):
     return y, mean, rstd
 
 
-def _row_param(p, width, dtype, fill):
-    """A (D,) C-contiguous parameter in x's dtype (a copy only when needed)."""
+def _row_param(p, width, dtype, fill, work):
+    """A (D,) C-contiguous parameter in x's dtype, aligned for a pass of ``work`` elements
+    (a copy only when needed)."""
     if p is None:
-        return np.full(width, fill, dtype)
-    if p.dtype == dtype and p.ndim == 1 and p.flags.c_contiguous:
-        return p
-    return np.ascontiguousarray(p, dtype=dtype).reshape(width)
+        return _memory.full(width, fill, dtype, work)
+    if p.dtype != dtype:
+        p = p.astype(dtype)
+    return _memory.aligned(np.ascontiguousarray(p).reshape(width), work)
 
 
 def _rows_backward(dy, x, normalized_shape, mean, rstd, weight, center):
@@ -270,9 +271,9 @@ def _rows_backward(dy, x, normalized_shape, mean, rstd, weight, center):
     rstd = v.check_stats(rstd, "rstd", stat_shape).reshape(-1)
     mean = np.zeros_like(rstd) if mean is None else v.check_stats(mean, "mean", stat_shape).reshape(-1)
     width = x2.shape[1]
-    w = _row_param(weight, width, x.dtype, 1)
+    w = _row_param(weight, width, x.dtype, 1, x2.size)
     dy2 = np.ascontiguousarray(dy).reshape(x2.shape)
-    dx2 = np.empty(x2.shape, x.dtype)
+    dx2 = _memory.empty(x2.shape, x.dtype)
     dw, db = _ln.backward(x2, dy2, dx2, w, mean, rstd, center)
     return dx2.reshape(x.shape), dw.reshape(shape).astype(x.dtype), db.reshape(shape).astype(x.dtype)
 

@@ -1,11 +1,12 @@
 """The common base of every layer: parameters, buffers, modes, state dicts, dtype."""
 
 import copy
+import math
 from collections import namedtuple
 
 import numpy as np
 
-from .. import _device
+from .. import _device, _memory
 from .. import _validation as v
 
 __all__ = ["NormBase", "IncompatibleKeys"]
@@ -43,13 +44,14 @@ class NormBase:
     # -- construction ---------------------------------------------------------------
     def _init_state(self, shape, weight=False, bias=False, running=False):
         self._param_shape = tuple(shape)
+        # Aligned whatever their size: LayerNorm and RMSNorm read them in every inner loop.
         if weight:
-            self.weight = np.ones(shape, self.dtype)
+            self.weight = _memory.full(shape, 1, self.dtype, work=math.inf)
         if bias:
-            self.bias = np.zeros(shape, self.dtype)
+            self.bias = _memory.full(shape, 0, self.dtype, work=math.inf)
         if running:
-            self.running_mean = np.zeros(shape, self.dtype)
-            self.running_var = np.ones(shape, self.dtype)
+            self.running_mean = _memory.full(shape, 0, self.dtype, work=math.inf)
+            self.running_var = _memory.full(shape, 1, self.dtype, work=math.inf)
             self.num_batches_tracked = np.array(0, dtype=np.int64)
 
     def reset_running_stats(self):

@@ -6,6 +6,7 @@ Drivers over the shared channel passes; every array here is a C-contiguous 3-D v
 
 import numpy as np
 
+from ... import _memory
 from .channels import apply_dx_packed, channel_moments, grad_sums, normalize_packed
 from .elementwise import pack_channel_dx, pack_stats
 
@@ -17,7 +18,7 @@ _NONE = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np
 def _normalize_with(layout, x3, y3, mean, m2, count, eps, weight, bias):
     """Pack per-channel params from (mean, m2 / count) in one kernel, then normalize."""
     channels = mean.size
-    q = np.empty((3, 1, channels), x3.dtype)
+    q = _memory.empty((3, 1, channels), x3.dtype, work=x3.size)
     var = np.empty(channels)
     rstd = np.empty(channels)
     none = _NONE[x3.dtype]
@@ -51,7 +52,7 @@ def backward(layout, x3, dy3, dx3, mean, invstd, weight, training):
     count = x3.size / (x3.shape[1] if layout == "cf" else x3.shape[2])
     s_dy, s_dyx = grad_sums(layout, x3, dy3, mean)
     channels = mean.size
-    q = np.empty((4, 1, channels), x3.dtype)
+    q = _memory.empty((4, 1, channels), x3.dtype, work=x3.size)
     s_dyxhat = np.empty(channels)
     pack_channel_dx(mean, invstd, _NONE[x3.dtype] if weight is None else weight, s_dy[0], s_dyx[0], count,
                     bool(training), q, s_dyxhat)

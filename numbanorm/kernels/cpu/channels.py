@@ -15,6 +15,7 @@ arrays with P = 1 (per channel, BatchNorm) or P = N (per sample and channel).
 
 import numpy as np
 
+from ... import _memory
 from .elementwise import dx_planes, dx_rows, normalize_planes, normalize_rows, pack_affine, pack_dx, update_running
 from .moments import _plan_chunks, column_moments, merge, row_moments
 from .sums import column_grad_sums, row_grad_sums
@@ -80,7 +81,7 @@ def normalize(layout, x3, y3, mean, rstd, weight=None, bias=None):
     """
     mean, rstd = _rows2(mean), _rows2(rstd)
     channels = mean.shape[1]
-    q = np.empty((3,) + mean.shape, x3.dtype)
+    q = _memory.empty((3,) + mean.shape, x3.dtype, work=x3.size)
     pack_affine(mean, rstd, per_channel64(weight, channels, 1.0), per_channel64(bias, channels, 0.0), q)
     normalize_packed(layout, x3, y3, q)
 
@@ -114,7 +115,7 @@ def grad_sums(layout, x3, dy3, mean):
 def apply_dx(layout, x3, dy3, dx3, mean, a, b, c):
     """``dx = a * dy + c * (x - mean) + b`` with float64 (C,) or (N, C) coefficients."""
     mean = _rows2(mean)
-    q = np.empty((4,) + mean.shape, x3.dtype)
+    q = _memory.empty((4,) + mean.shape, x3.dtype, work=x3.size)
     pack_dx(mean, *(np.broadcast_to(_rows2(v), mean.shape) for v in (a, b, c)), q)
     apply_dx_packed(layout, x3, dy3, dx3, q)
 

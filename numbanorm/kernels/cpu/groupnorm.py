@@ -16,7 +16,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ... import config
+from ... import _memory, config
 from ._jit import kernel
 from .channels import apply_dx, grad_sums, instance_moments, normalize, per_channel64
 from .elementwise import dx_cols, dx_slice, dx_slice_affine, normalize_cols, normalize_slice, normalize_slice_affine
@@ -148,18 +148,19 @@ def normalize_groups(layout, x3, y3, mean, rstd, weight, bias):
 
 
 @kernel
-def planes_forward(x3, y3, groups, weight, bias, eps, planes_per_item, mean, var, rstd, params):
+def planes_forward(x3, y3, groups, weight, bias, eps, planes_per_item, mean, var, rstd, params, cols):
     """Fused GroupNorm of channels-last (N, S, C) planes, parallel over runs of samples.
 
     Per plane: column moments (lane-wise Welford), Chan-merged over each group's
     channels, then the plane is normalized with per-channel (hi, scale, shift)
-    rows of ``params`` (N, 3, C), in x's dtype. ``weight`` and ``bias`` are float64 (C,).
+    rows of ``params`` (N, 3, C), in x's dtype. ``weight`` and ``bias`` are float64 (C,);
+    ``cols`` (work items, 4, C) float64 is each work item's scratch.
     """
     n_planes, _, n_ch = x3.shape
     per_group = n_ch // groups
     n_items = -(-n_planes // planes_per_item)
     for item in prange(n_items):
-        col = np.empty((4, n_ch))  # scratch, once per work item
+        col = cols[item]
         for n in range(item * planes_per_item, min((item + 1) * planes_per_item, n_planes)):
             xp = x3[n]
             count = cols_range_moments(xp, col[0], col[1], col[2:])
@@ -182,11 +183,12 @@ def planes_forward(x3, y3, groups, weight, bias, eps, planes_per_item, mean, var
 
 
 @kernel
-def planes_backward(x3, dy3, dx3, weight, mean, rstd, stats_grad, planes_per_item, s_dy, s_dyx, params):
+def planes_backward(x3, dy3, dx3, weight, mean, rstd, stats_grad, planes_per_item, s_dy, s_dyx, params, cols):
     """Fused GroupNorm backward of channels-last (N, S, C) planes, parallel over runs of samples.
 
     Per plane: per-channel gradient sums into ``s_dy``/``s_dyx`` (N, C), per-group
-    coefficients, then dx with per-channel (hi, a, b, c) rows of ``params`` (N, 4, C).
+    coefficients, then dx with per-channel (hi, a, b, c) rows of ``params`` (N, 4, C);
+    ``cols`` (work items, C) float64 is each work item's scratch.
     """
     n_planes, n_rows, n_ch = x3.shape
     groups = mean.shape[1]
@@ -194,7 +196,7 @@ def planes_backward(x3, dy3, dx3, weight, mean, rstd, stats_grad, planes_per_ite
     width = n_rows * per_group
     n_items = -(-n_planes // planes_per_item)
     for item in prange(n_items):
-        col_mean = np.empty(n_ch)  # scratch, once per work item
+        col_mean = cols[item]
         for n in range(item * planes_per_item, min((item + 1) * planes_per_item, n_planes)):
             for c in range(n_ch):
                 col_mean[c] = mean[n, c // per_group]
@@ -220,7 +222,7 @@ def planes_backward(x3, dy3, dx3, weight, mean, rstd, stats_grad, planes_per_ite
 
 
 def _planes_per_item(n_planes):
-    """Samples per work item: a few items per thread, so scratch is allocated rarely."""
+    """Samples per work item: a few items per thread (each with its own scratch)."""
     items = numba.get_num_threads() * config.CHUNKS_PER_THREAD
     return max(1, -(-n_planes // items))
 
@@ -251,9 +253,11 @@ def forward(layout, x3, y3, groups, weight, bias, eps):
     if _fused_planes(x3):
         mean, var, rstd = (np.empty((n, groups)) for _ in range(3))
         b = per_channel64(bias, c, 0.0)
-        params = np.empty((n, 3, c), x3.dtype)
-        planes_forward(x3.size, x3, y3, groups, per_channel64(weight, c, 1.0), b, eps, _planes_per_item(n),
-                       mean, var, rstd, params)
+        params = _memory.empty((n, 3, c), x3.dtype, work=x3.size)
+        per_item = _planes_per_item(n)
+        cols = _memory.empty((-(-n // per_item), 4, c), work=x3.size)
+        planes_forward(x3.size, x3, y3, groups, per_channel64(weight, c, 1.0), b, eps, per_item,
+                       mean, var, rstd, params, cols)
         return float(s * (c // groups)), mean, var, rstd
     count, mean, var = group_moments(layout, x3, groups)
     rstd = 1.0 / np.sqrt(var + eps)
@@ -283,11 +287,13 @@ def backward(layout, x3, dy3, dx3, mean, rstd, weight, stats_grad=True):
         s_dy, s_dyx = s_dy.reshape(n, channels), s_dyx.reshape(n, channels)
         return (s_dyx * _per_channel(rstd, channels)).sum(axis=0), s_dy.sum(axis=0)
     if _fused_planes(x3):
-        s_dy = np.empty((n, channels))
-        s_dyx = np.empty((n, channels))
-        params = np.empty((n, 4, channels), x3.dtype)
+        s_dy = _memory.empty((n, channels), work=x3.size)
+        s_dyx = _memory.empty((n, channels), work=x3.size)
+        params = _memory.empty((n, 4, channels), x3.dtype, work=x3.size)
+        per_item = _planes_per_item(n)
+        cols = _memory.empty((-(-n // per_item), channels), work=x3.size)
         planes_backward(x3.size, x3, dy3, dx3, per_channel64(weight, channels, 1.0), np.ascontiguousarray(mean),
-                        np.ascontiguousarray(rstd), stats_grad, _planes_per_item(n), s_dy, s_dyx, params)
+                        np.ascontiguousarray(rstd), stats_grad, per_item, s_dy, s_dyx, params, cols)
         return (s_dyx * _per_channel(rstd, channels)).sum(axis=0), s_dy.sum(axis=0)
     mean_c, rstd_c = _per_channel(mean, channels), _per_channel(rstd, channels)
     s_dy, s_dyx = grad_sums(layout, x3, dy3, mean_c)

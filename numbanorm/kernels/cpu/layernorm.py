@@ -11,7 +11,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ... import config
+from ... import _memory, config
 from ._jit import cast_like, kernel
 from .elementwise import accumulate_affine_grads, dx_slice_affine, normalize_slice_affine
 from .moments import slice_mean_square, slice_moments
@@ -82,7 +82,7 @@ def backward(x2, dy2, dx2, weight, mean, rstd, center):
     items = numba.get_num_threads() if x2.size >= config.PARALLEL_MIN_ELEMENTS else 1
     rows_per_chunk = -(-n_rows // max(1, min(items, n_rows)))
     nchunks = -(-n_rows // rows_per_chunk)
-    dweight = np.empty((nchunks, width))
-    dbias = np.empty((nchunks, width))
+    dweight = _memory.empty((nchunks, width), work=x2.size)
+    dbias = _memory.empty((nchunks, width), work=x2.size)
     rows_backward(x2.size, x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dweight, dbias)
     return dweight.sum(axis=0), dbias.sum(axis=0)

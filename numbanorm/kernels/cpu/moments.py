@@ -27,7 +27,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ... import config
+from ... import _memory, config
 from ._jit import elementwise_helper, kernel, reduce_helper
 
 __all__ = [
@@ -187,12 +187,14 @@ def rows_moments(x2, block, mean, m2):
 
 
 @kernel
-def cols_moments(x3, rows_per_chunk, mean, m2):
+def cols_moments(x3, rows_per_chunk, mean, m2, tmp):
     """Partial column moments of a C-contiguous (B, R, C) array.
 
     Rows of each of the B planes are cut into K chunks of ``rows_per_chunk`` rows;
     ``mean`` and ``m2`` have shape (B, K, C) and receive each chunk's moments (its
     count is the chunk's row count), to be combined with :func:`merge_partials`.
+    ``tmp`` (B*K, 2, C) float64 is each chunk's scratch (allocated aligned by the caller:
+    Numba's own arrays are 32-byte aligned, and these rows are read once per input row).
     """
     nb, nrows, ncols = x3.shape
     nchunks = mean.shape[1]
@@ -201,8 +203,7 @@ def cols_moments(x3, rows_per_chunk, mean, m2):
         k = item - b * nchunks
         start = k * rows_per_chunk
         stop = min(start + rows_per_chunk, nrows)
-        tmp = np.empty((2, ncols))
-        cols_range_moments(x3[b, start:stop], mean[b, k], m2[b, k], tmp)
+        cols_range_moments(x3[b, start:stop], mean[b, k], m2[b, k], tmp[item])
 
 
 @kernel
@@ -287,9 +288,10 @@ def column_moments(x3):
     """
     planes, rows, cols = x3.shape
     rows_per_chunk, nchunks = _plan_chunks(planes, rows, cols)
-    mean = np.empty((planes, nchunks, cols))
-    m2 = np.empty((planes, nchunks, cols))
-    cols_moments(x3.size, x3, rows_per_chunk, mean, m2)
+    mean = _memory.empty((planes, nchunks, cols), work=x3.size)
+    m2 = _memory.empty((planes, nchunks, cols), work=x3.size)
+    tmp = _memory.empty((planes * nchunks, 2, cols), work=x3.size)
+    cols_moments(x3.size, x3, rows_per_chunk, mean, m2, tmp)
     if nchunks == 1:
         return float(rows), mean[:, 0], m2[:, 0]
     _, mean, m2 = merge(chunk_counts(rows, rows_per_chunk, nchunks), mean, m2)

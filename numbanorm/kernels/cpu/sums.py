@@ -8,6 +8,7 @@ term of dx). Accumulated in float64, with the float64 mean, from one read of x a
 import numpy as np
 from numba import prange
 
+from ... import _memory
 from ._jit import kernel, reduce_helper
 from .moments import _plan_chunks
 
@@ -92,8 +93,8 @@ def column_grad_sums(x3, dy3, mean):
     """Per-column gradient sums of each plane of (B, R, C) arrays; ``mean`` is (B, C)."""
     planes, rows, cols = x3.shape
     rows_per_chunk, nchunks = _plan_chunks(planes, rows, cols)
-    s_dy = np.empty((planes, nchunks, cols))
-    s_dyx = np.empty((planes, nchunks, cols))
+    s_dy = _memory.empty((planes, nchunks, cols), work=x3.size)
+    s_dyx = _memory.empty((planes, nchunks, cols), work=x3.size)
     mean = np.ascontiguousarray(mean, dtype=np.float64)
     cols_grad_sums(x3.size, x3, dy3, mean, rows_per_chunk, s_dy, s_dyx)
     return s_dy.sum(axis=1), s_dyx.sum(axis=1)
