@@ -72,7 +72,7 @@ def like_view(layout, x3, arr):
 
 def new_output(layout, x3, shape, dtype=None):
     """Allocate ``(out3, out)``: a kernel view and the array of ``shape`` in the same layout."""
-    out3 = _memory.empty(x3.shape, dtype or x3.dtype)
+    out3 = _memory.empty(x3.shape, dtype or x3.dtype, x3.size)
     return out3, _unview(layout, out3, shape)
 
 

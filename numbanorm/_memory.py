@@ -32,10 +32,12 @@ def empty(shape, dtype=np.float64, work=None):
     ``work`` is the number of elements of the pass that will use the array (default: its
     own size); below ``config.ALIGN_MIN_ELEMENTS`` this is plain ``np.empty``.
     """
+    if work is not None and work < config.ALIGN_MIN_ELEMENTS:
+        return np.empty(shape, dtype)  # small calls: no shape arithmetic either
     dtype = np.dtype(dtype)
     shape = (int(shape),) if isinstance(shape, numbers.Integral) else tuple(shape)
     size = math.prod(shape)
-    if (size if work is None else work) < config.ALIGN_MIN_ELEMENTS:
+    if work is None and size < config.ALIGN_MIN_ELEMENTS:
         return np.empty(shape, dtype)
     align = config.ALIGN_BYTES
     nbytes = size * dtype.itemsize

@@ -239,7 +239,7 @@ def _rows_forward(x, normalized_shape, weight, bias, eps, out, center):
     w = _row_param(weight, width, x.dtype, 1, x2.size)
     b = _row_param(bias, width, x.dtype, 0, x2.size)
     direct = out is not None and out.flags.c_contiguous
-    y2 = out.reshape(x2.shape) if direct else _memory.empty(x2.shape, x.dtype)
+    y2 = out.reshape(x2.shape) if direct else _memory.empty(x2.shape, x.dtype, x2.size)
     mean, rstd = _ln.forward(x2, y2, w, b, eps, center)
     stat_shape = x.shape[:x.ndim - len(shape)]
     if out is not None:
@@ -273,7 +273,7 @@ def _rows_backward(dy, x, normalized_shape, mean, rstd, weight, center):
     width = x2.shape[1]
     w = _row_param(weight, width, x.dtype, 1, x2.size)
     dy2 = np.ascontiguousarray(dy).reshape(x2.shape)
-    dx2 = _memory.empty(x2.shape, x.dtype)
+    dx2 = _memory.empty(x2.shape, x.dtype, x2.size)
     dw, db = _ln.backward(x2, dy2, dx2, w, mean, rstd, center)
     return dx2.reshape(x.shape), dw.reshape(shape).astype(x.dtype), db.reshape(shape).astype(x.dtype)
 
