@@ -19,10 +19,11 @@ import numpy as np
 
 from . import config
 
-__all__ = ["empty", "full", "aligned"]
+__all__ = ["address", "empty", "full", "aligned"]
 
 
-def _address(arr):
+def address(arr):
+    """The address of ``arr``'s first byte."""
     return arr.__array_interface__["data"][0]
 
 
@@ -42,7 +43,7 @@ def empty(shape, dtype=np.float64, work=None):
     align = config.ALIGN_BYTES
     nbytes = size * dtype.itemsize
     buf = np.empty(nbytes + align, np.uint8)
-    start = -_address(buf) % align
+    start = -address(buf) % align
     return buf[start:start + nbytes].view(dtype).reshape(shape)
 
 
@@ -57,7 +58,7 @@ def aligned(arr, work=None):
     """``arr`` if it is C-contiguous and aligned (or the work is small), else an aligned copy."""
     if (arr.size if work is None else work) < config.ALIGN_MIN_ELEMENTS:
         return arr
-    if arr.flags.c_contiguous and _address(arr) % config.ALIGN_BYTES == 0:
+    if arr.flags.c_contiguous and address(arr) % config.ALIGN_BYTES == 0:
         return arr
     out = empty(arr.shape, arr.dtype, work)
     out[...] = arr

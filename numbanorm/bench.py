@@ -397,7 +397,7 @@ def copy_runner(x):
     """
     kernel = _copy_kernel()
     align = config.ALIGN_BYTES
-    offset = x.__array_interface__["data"][0] % align
+    offset = _memory.address(x) % align
     buf = _memory.empty(x.nbytes + align, np.uint8, work=math.inf)
     src = buf[offset:offset + x.nbytes].view(x.dtype)
     src.reshape(x.shape)[...] = x
