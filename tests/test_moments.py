@@ -5,6 +5,7 @@ import pytest
 
 from numbanorm import config
 from numbanorm.kernels.cpu import moments as M
+from numbanorm.kernels.cpu import sums as S
 
 
 def _ref(x):
@@ -114,6 +115,21 @@ def test_cols_range_moments_every_row_count(rows, dtype):
     np.testing.assert_allclose(mean, x64.mean(axis=0), rtol=1e-13)
     np.testing.assert_allclose(m2, ((x64 - x64.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-11, atol=1e-12)
 
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2, 3, 7, 8, 1023])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cols_block_grad_sums_every_row_count(rows, dtype):
+    # rows i and i + rows // 2 share a sweep and an odd count leaves a last row alone
+    rng = np.random.default_rng(rows)
+    x = (rng.standard_normal((rows, 5)) * 3 + 5).astype(dtype)
+    dy = rng.standard_normal((rows, 5)).astype(dtype)
+    mean = rng.standard_normal(5)
+    s_dy, s_dyx = np.full(5, 0.5), np.full(5, -0.25)
+    S.cols_block_grad_sums(x, dy, mean, s_dy, s_dyx)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    np.testing.assert_allclose(s_dy, 0.5 + dy64.sum(axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(s_dyx, -0.25 + (dy64 * (x64 - mean)).sum(axis=0), rtol=1e-12, atol=1e-12)
 
 def test_cols_range_moments_far_from_zero_float32():
     # mean 1e4, std 1e-2 in float32, 3000 rows: Welford in float64 keeps every digit that matters

@@ -37,19 +37,24 @@ def slice_grad_sums(x, dy, mean):
 def cols_block_grad_sums(x2, dy2, mean, s_dy, s_dyx):
     """Add per-column ``sum(dy)`` and ``sum(dy * (x - mean))`` of a (rows, C) block.
 
-    Two rows per sweep, so the (C,) accumulators are read and written half as often.
+    Each sweep takes row ``i`` of the first half and row ``i`` of the second, so the
+    (C,) accumulators are read and written half as often. Pairs of adjacent rows did
+    the same work but ran 1.2-1.4 copies instead of 0.67-0.83 once rows were 512 B or
+    longer and the block came from memory: the two halves are two sequential streams
+    (per array) that the hardware prefetcher follows, adjacent rows are not.
     """
     rows = x2.shape[0]
-    pair = rows - rows % 2
-    for i in range(0, pair, 2):
-        x0, x1, g0, g1 = x2[i], x2[i + 1], dy2[i], dy2[i + 1]
+    half = rows // 2
+    xa, xb, ga, gb = x2[:half], x2[half:2 * half], dy2[:half], dy2[half:2 * half]
+    for i in range(half):
+        x0, x1, g0, g1 = xa[i], xb[i], ga[i], gb[i]
         for c in range(x0.size):
             a = np.float64(g0[c])
             b = np.float64(g1[c])
             mu = mean[c]
             s_dy[c] += a + b
             s_dyx[c] += a * (x0[c] - mu) + b * (x1[c] - mu)
-    for i in range(pair, rows):
+    for i in range(2 * half, rows):
         xr = x2[i]
         dyr = dy2[i]
         for c in range(xr.size):
