@@ -19,7 +19,7 @@ def _ref(x):
 def test_slice_moments_matches_two_pass_reference(n, dtype):
     rng = np.random.default_rng(n)
     x = (rng.standard_normal(n) * 3 + 5).astype(dtype)
-    count, mean, m2 = M.slice_moments(x, 1024)
+    count, mean, m2 = M.slice_moments(x, 1024, config.SHIFT_RATIO_MAX)
     rc, rmean, rm2 = _ref(x)
     assert count == rc
     np.testing.assert_allclose(mean, rmean, rtol=1e-13)
@@ -30,7 +30,7 @@ def test_slice_moments_far_from_zero_float32():
     # mean 1e4, std 1e-2 in float32: E[x^2]-E[x]^2 would lose every digit here.
     rng = np.random.default_rng(0)
     x = (1e4 + 1e-2 * rng.standard_normal(9000)).astype(np.float32)
-    _, mean, m2 = M.slice_moments(x, 512)
+    _, mean, m2 = M.slice_moments(x, 512, config.SHIFT_RATIO_MAX)
     _, rmean, rm2 = _ref(x)
     assert abs(mean - rmean) < 1e-9
     np.testing.assert_allclose(m2 / x.size, rm2 / x.size, rtol=1e-9)
@@ -38,9 +38,50 @@ def test_slice_moments_far_from_zero_float32():
 
 def test_constant_slice_has_zero_m2():
     x = np.full(5000, 1234.5, np.float32)
-    count, mean, m2 = M.slice_moments(x, 1000)
+    count, mean, m2 = M.slice_moments(x, 1000, config.SHIFT_RATIO_MAX)
     assert (count, mean, m2) == (5000.0, 1234.5, 0.0)
 
+
+
+@pytest.mark.parametrize("first", [None, 1e4 + 30.0, 1e4 - 1e3, 3e4])
+def test_block_moments_with_any_first_value(first):
+    # mean 1e4, std 1e-2 float32 data; an outlier first value makes the shifted sums
+    # cancel (r up to n), and the check hands those blocks to the two-pass algorithm
+    rng = np.random.default_rng(11)
+    x = (1e4 + 1e-2 * rng.standard_normal(4096)).astype(np.float32)
+    if first is not None:
+        x[0] = first
+    mean, m2 = M._block_moments(x, config.SHIFT_RATIO_MAX)
+    _, rmean, rm2 = _ref(x)
+    np.testing.assert_allclose(mean, rmean, rtol=1e-14)
+    np.testing.assert_allclose(m2, rm2, rtol=1e-10)
+
+
+def test_block_moments_ratio_decides_the_path():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(1000) + 3.0
+    x[0] = 50.0  # r = n (mean - x[0])**2 / M2 is about 560 here
+    shift_mean, shift_m2 = M._block_moments(x, 1e6)
+    two_mean, two_m2 = M._block_moments(x, 1.0)
+    assert (two_mean, two_m2) == M._two_pass(x)
+    assert (shift_mean, shift_m2) != (two_mean, two_m2)  # the shifted sums ran
+    _, rmean, rm2 = _ref(x)
+    for mean, m2 in [(shift_mean, shift_m2), (two_mean, two_m2)]:
+        np.testing.assert_allclose(mean, rmean, rtol=1e-13)
+        np.testing.assert_allclose(m2, rm2, rtol=1e-11)
+
+
+def test_block_moments_never_negative_and_keeps_inf():
+    x = np.full(777, 0.1, np.float64)
+    x[1::2] = np.nextafter(0.1, 1.0)  # nearly constant: M2 is ~1e-31, the sums ~1e-29
+    assert M._block_moments(x, config.SHIFT_RATIO_MAX)[1] >= 0.0
+    y = np.ones(10, np.float32)
+    y[0] = np.inf  # a non-finite first value: two-pass semantics, mean inf and M2 NaN
+    mean, m2 = M._block_moments(y, config.SHIFT_RATIO_MAX)
+    assert mean == np.inf and np.isnan(m2)
+    y[0], y[5] = 1.0, np.inf
+    mean, m2 = M._block_moments(y, config.SHIFT_RATIO_MAX)
+    assert mean == np.inf and np.isnan(m2)
 
 def test_chan_merge_equals_whole():
     rng = np.random.default_rng(1)

@@ -35,7 +35,7 @@ __all__ = [
 
 
 @kernel
-def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, mean, var, rstd, cast):
+def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_ratio, mean, var, rstd, cast):
     """Fused GroupNorm of contiguous (N*G, C/G*S) blocks: moments, then each channel's segment.
 
     ``weight`` and ``bias`` are float64 (C,), ``weight_x`` and ``bias_x`` their x-dtype copies; ``cast`` (R, 3) is
@@ -47,7 +47,7 @@ def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, mean
     for r in prange(n_blocks):
         xr = x2[r]
         yr = y2[r]
-        _, mu, m2 = slice_moments(xr, block)
+        _, mu, m2 = slice_moments(xr, block, max_ratio)
         var[r] = m2 / width
         inv = 1.0 / np.sqrt(var[r] + eps)
         mean[r] = mu
@@ -247,7 +247,7 @@ def forward(layout, x3, y3, groups, weight, bias, eps):
         cast = np.empty((x2.shape[0], 3), x3.dtype)
         w = per_channel64(weight, c, 1.0)
         blocks_forward(x2.size, x2, y2, s, w, w.astype(x3.dtype), b, b.astype(x3.dtype), eps, config.BLOCK_ELEMENTS,
-                       mean.reshape(-1), var.reshape(-1), rstd.reshape(-1), cast)
+                       config.SHIFT_RATIO_MAX, mean.reshape(-1), var.reshape(-1), rstd.reshape(-1), cast)
         return float(x2.shape[1]), mean, var, rstd
     n, s, c = x3.shape
     if _fused_planes(x3):

@@ -21,13 +21,13 @@ __all__ = ["rows_forward", "rows_backward", "forward", "backward"]
 
 
 @kernel
-def rows_forward(x2, y2, weight, bias, eps, block, center, stats):
+def rows_forward(x2, y2, weight, bias, eps, block, max_ratio, center, stats):
     """Normalize each row; store its float64 mean and rstd in ``stats`` (2, R)."""
     n_rows, width = x2.shape
     for r in prange(n_rows):
         xr = x2[r]
         if center:
-            _, mu, m2 = slice_moments(xr, block)
+            _, mu, m2 = slice_moments(xr, block, max_ratio)
             var = m2 / width
         else:
             mu = 0.0
@@ -70,7 +70,7 @@ def rows_backward(x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dwei
 def forward(x2, y2, weight, bias, eps, center):
     """Fill ``y2`` and return float64 (mean, rstd) per row; weight/bias are (D,) in x's dtype."""
     stats = np.empty((2, x2.shape[0]))
-    rows_forward(x2.size, x2, y2, weight, bias, eps, config.BLOCK_ELEMENTS, center, stats)
+    rows_forward(x2.size, x2, y2, weight, bias, eps, config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, center, stats)
     return stats[0], stats[1]
 
 
