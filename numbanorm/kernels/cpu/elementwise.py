@@ -35,7 +35,6 @@ __all__ = [
     "normalize_planes",
     "dx_planes",
     "dx_slice_affine",
-    "accumulate_affine_grads",
 ]
 
 
@@ -227,34 +226,3 @@ def dx_slice_affine(x, dy, dx, mean_hi, rstd, weight, b, c):
     """``dx = rstd * weight * dy + c * (x - mean_hi) + b`` with per-element weight (``b`` holds the lo part)."""
     for i in range(x.size):
         dx[i] = (rstd * weight[i]) * dy[i] + c * (x[i] - mean_hi) + b
-
-
-@elementwise_helper
-def accumulate_affine_grads(x2, dy2, mean, rstd, dweight, dbias):
-    """Add ``sum_rows dy * (x - mean) * rstd`` to ``dweight`` and ``sum_rows dy`` to ``dbias``.
-
-    ``x2``/``dy2`` are (rows, D) with per-row float64 ``mean``/``rstd``; the float64 (D,)
-    accumulators are read and written once per four rows.
-    """
-    rows = x2.shape[0]
-    quad = rows - rows % 4
-    for i in range(0, quad, 4):
-        x0, x1, x2_, x3 = x2[i], x2[i + 1], x2[i + 2], x2[i + 3]
-        g0, g1, g2, g3 = dy2[i], dy2[i + 1], dy2[i + 2], dy2[i + 3]
-        m0, m1, m2, m3 = mean[i], mean[i + 1], mean[i + 2], mean[i + 3]
-        r0, r1, r2, r3 = rstd[i], rstd[i + 1], rstd[i + 2], rstd[i + 3]
-        for j in range(x0.size):
-            a0 = np.float64(g0[j])
-            a1 = np.float64(g1[j])
-            a2 = np.float64(g2[j])
-            a3 = np.float64(g3[j])
-            dweight[j] += (a0 * ((x0[j] - m0) * r0) + a1 * ((x1[j] - m1) * r1)) + (
-                a2 * ((x2_[j] - m2) * r2) + a3 * ((x3[j] - m3) * r3))
-            dbias[j] += (a0 + a1) + (a2 + a3)
-    for i in range(quad, rows):
-        xr = x2[i]
-        gr = dy2[i]
-        for j in range(xr.size):
-            g = np.float64(gr[j])
-            dweight[j] += g * ((xr[j] - mean[i]) * rstd[i])
-            dbias[j] += g

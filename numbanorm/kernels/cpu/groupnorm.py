@@ -92,10 +92,9 @@ def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, stats_grad,
         if seg == 1:
             # (N, C) input: one value per channel, per-element weight.
             w = weight[first:first + per_group]
-            for j in range(per_group):
-                s_dy[r, j] = dyr[j]
-                s_dyx[r, j] = np.float64(dyr[j]) * (xr[j] - mu)
-            s_g, s_gx = slice_weighted_grad_sums(xr, dyr, w, mu)
+            s_dy[r] = 0.0
+            s_dyx[r] = 0.0
+            s_g, s_gx = slice_weighted_grad_sums(xr, dyr, w, mu, 1.0, s_dyx[r], s_dy[r])
             b = -inv * s_g / width if stats_grad else 0.0
             c = -inv * inv * inv * s_gx / width if stats_grad else 0.0
             cast[r, 1] = inv

@@ -13,7 +13,7 @@ from numba import prange
 
 from ... import _memory, config
 from ._jit import cast_like, kernel
-from .elementwise import accumulate_affine_grads, dx_slice_affine, normalize_slice_affine
+from .elementwise import dx_slice_affine, normalize_slice_affine
 from .moments import slice_mean_square, slice_moments
 from .sums import slice_weighted_grad_sums
 
@@ -49,22 +49,17 @@ def rows_backward(x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dwei
         dbias[k] = 0.0
         start = k * rows_per_chunk
         stop = min(start + rows_per_chunk, n_rows)
-        # Groups of rows: dx row by row, then dweight/dbias of the group in one sweep
-        # while its rows are still in cache.
-        for lo in range(start, stop, 8):
-            hi_ = min(lo + 8, stop)
-            for r in range(lo, hi_):
-                xr = x2[r]
-                dyr = dy2[r]
-                mu = mean[r]
-                inv = rstd[r]
-                s_g, s_gx = slice_weighted_grad_sums(xr, dyr, weight, mu)
-                b = -inv * s_g / width if center else 0.0
-                c = -inv * inv * inv * s_gx / width
-                hi = cast_like(mu, xr)
-                dx_slice_affine(xr, dyr, dx2[r], hi, cast_like(inv, xr), weight, cast_like(b - c * (mu - hi), xr),
-                                cast_like(c, xr))
-            accumulate_affine_grads(x2[lo:hi_], dy2[lo:hi_], mean[lo:hi_], rstd[lo:hi_], dweight[k], dbias[k])
+        for r in range(start, stop):
+            xr = x2[r]
+            dyr = dy2[r]
+            mu = mean[r]
+            inv = rstd[r]
+            s_g, s_gx = slice_weighted_grad_sums(xr, dyr, weight, mu, inv, dweight[k], dbias[k])
+            b = -inv * s_g / width if center else 0.0
+            c = -inv * inv * inv * s_gx / width
+            hi = cast_like(mu, xr)
+            dx_slice_affine(xr, dyr, dx2[r], hi, cast_like(inv, xr), weight, cast_like(b - c * (mu - hi), xr),
+                            cast_like(c, xr))
 
 
 def forward(x2, y2, weight, bias, eps, center):

@@ -106,12 +106,23 @@ def column_grad_sums(x3, dy3, mean):
 
 
 @reduce_helper
-def slice_weighted_grad_sums(x, dy, weight, mean):
-    """``(sum(dy * w), sum(dy * w * (x - mean)))`` over a 1-D slice, in float64 (LayerNorm rows)."""
+def slice_weighted_grad_sums(x, dy, weight, mean, scale, acc_dyx, acc_dy):
+    """``(sum(dy * w), sum(dy * w * (x - mean)))`` over a 1-D slice, in float64; in the same
+    read, per element, ``acc_dyx += dy * (x - mean) * scale`` and ``acc_dy += dy``.
+
+    The accumulators are LayerNorm's float64 dweight/dbias partial rows (``scale`` the
+    row's rstd): adding into them here costs a read and write of two (D,) rows per
+    input row, less than a second sweep over x and dy did (the backward ran at 1.80
+    copies instead of 2.2). GroupNorm's (N, C) path passes zeroed rows and ``scale = 1``
+    to get the per-element terms themselves.
+    """
     s_g = 0.0
     s_gx = 0.0
     for i in range(x.size):
-        g = np.float64(dy[i]) * weight[i]
-        s_g += g
-        s_gx += g * (x[i] - mean)
+        g = np.float64(dy[i])
+        p = g * (x[i] - mean)
+        s_g += g * weight[i]
+        s_gx += p * weight[i]
+        acc_dyx[i] += p * scale
+        acc_dy[i] += g
     return s_g, s_gx
