@@ -48,8 +48,9 @@ PARALLEL = _env_bool("NUMBANORM_PARALLEL", True)
 #: Inputs with fewer elements than this run the single-threaded kernel: starting
 #: the thread pool costs more than it saves below this size.
 PARALLEL_MIN_ELEMENTS = _env_int("NUMBANORM_PARALLEL_MIN_ELEMENTS", 1 << 16)
-#: Elements per block in blockwise two-pass moments: a block is read twice, so it
-#: should stay in L1/L2 (4096 float64 = 32 KiB).
+#: Elements per block of contiguous-slice moments: the block size bounds the shifted
+#: sums' cancellation (see ``SHIFT_RATIO_MAX``), and a block that falls back to two
+#: passes is read twice, so it should stay in L1/L2 (4096 float64 = 32 KiB).
 BLOCK_ELEMENTS = _env_int("NUMBANORM_BLOCK_ELEMENTS", 4096)
 #: Block moments are shifted sums about a block's first value, which lose about
 #: ``log2(1 + 2 r)`` bits to cancellation, ``r = n (mean - x[0])**2 / M2 <= n``; a block with

@@ -42,7 +42,6 @@ def test_constant_slice_has_zero_m2():
     assert (count, mean, m2) == (5000.0, 1234.5, 0.0)
 
 
-
 @pytest.mark.parametrize("first", [None, 1e4 + 30.0, 1e4 - 1e3, 3e4])
 def test_block_moments_with_any_first_value(first):
     # mean 1e4, std 1e-2 float32 data; an outlier first value makes the shifted sums
@@ -71,7 +70,7 @@ def test_block_moments_ratio_decides_the_path():
         np.testing.assert_allclose(m2, rm2, rtol=1e-11)
 
 
-def test_block_moments_never_negative_and_keeps_inf():
+def test_block_moments_never_negative_and_keeps_inf_and_nan():
     x = np.full(777, 0.1, np.float64)
     x[1::2] = np.nextafter(0.1, 1.0)  # nearly constant: M2 is ~1e-31, the sums ~1e-29
     assert M._block_moments(x, config.SHIFT_RATIO_MAX)[1] >= 0.0
@@ -82,6 +81,9 @@ def test_block_moments_never_negative_and_keeps_inf():
     y[0], y[5] = 1.0, np.inf
     mean, m2 = M._block_moments(y, config.SHIFT_RATIO_MAX)
     assert mean == np.inf and np.isnan(m2)
+    y[5] = np.nan  # NaN after a finite first value: the shifted sums keep it
+    mean, m2 = M._block_moments(y, config.SHIFT_RATIO_MAX)
+    assert np.isnan(mean) and np.isnan(m2)
 
 def test_chan_merge_equals_whole():
     rng = np.random.default_rng(1)

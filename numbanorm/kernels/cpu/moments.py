@@ -110,7 +110,9 @@ def _block_moments(x, max_ratio):
         shift = s1 * t
         m2 = s2 - shift
         if shift <= max_ratio * m2 or not np.isfinite(m2):
-            return k + t, max(m2, 0.0)
+            if m2 < 0.0:  # rounding, when M2 is next to nothing; NaN stays NaN
+                m2 = 0.0
+            return k + t, m2
     return _two_pass(x)
 
 
