@@ -2,8 +2,9 @@
 
 BatchNorm1d/2d/3d, LayerNorm, RMSNorm, GroupNorm and InstanceNorm1d/2d/3d with forward,
 backward, running statistics, and BatchNorm folding for inference (:mod:`numbanorm.fuse`).
-Semantics match PyTorch; statistics are numerically stable (float64 two-pass blocks
-or lane-wise Welford, merged with Chan's formula) and the kernels are compiled with Numba.
+Semantics match PyTorch; statistics are numerically stable (float64 block sums
+checked for cancellation, with a two-pass fallback, or lane-wise Welford, merged with
+Chan's formula) and the kernels are compiled with Numba.
 """
 
 from . import config, functional

@@ -38,8 +38,9 @@ class LayerNorm(_TrailingNorm):
     Notes
     -----
     Each row is normalized while it is in cache (one read of x); the statistics are
-    float64 two-pass moments and the mean is subtracted as a hi/lo pair, so float32
-    rows with mean 1e4 and std 1e-2 normalize to within 1e-3 of float64.
+    float64 block moments (checked shifted sums, two-pass as the fallback) and the
+    mean is subtracted as a hi/lo pair, so float32 rows with mean 1e4 and std 1e-2
+    normalize to within 1e-3 of float64.
 
     References
     ----------

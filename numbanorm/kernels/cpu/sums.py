@@ -112,8 +112,8 @@ def slice_weighted_grad_sums(x, dy, weight, mean, scale, acc_dyx, acc_dy):
 
     The accumulators are LayerNorm's float64 dweight/dbias partial rows (``scale`` the
     row's rstd): adding into them here costs a read and write of two (D,) rows per
-    input row, less than a second sweep over x and dy did (the backward ran at 1.80
-    copies instead of 2.2). GroupNorm's (N, C) path passes zeroed rows and ``scale = 1``
+    input row, less than a second sweep over x and dy did (the backward ran at 1.9-2.0
+    copies instead of 2.2-2.4). GroupNorm's (N, C) path passes zeroed rows and ``scale = 1``
     to get the per-element terms themselves.
     """
     s_g = 0.0
