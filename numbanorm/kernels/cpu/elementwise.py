@@ -25,6 +25,8 @@ __all__ = [
     "dx_slice",
     "normalize_cols",
     "dx_cols",
+    "store_affine",
+    "store_dx",
     "pack_affine",
     "pack_stats",
     "update_running",
@@ -84,6 +86,14 @@ def dx_cols(x2, dy2, dx2, mean_hi, a, b, c):
 
 
 @elementwise_helper
+def store_affine(q, p, j, mu, scale, shift):
+    """``q[:, p, j] = (mean_hi, scale, shift - mean_lo * scale)``, rounded to q's dtype by the stores."""
+    q[0, p, j] = mu
+    q[1, p, j] = scale
+    q[2, p, j] = shift - (mu - q[0, p, j]) * scale
+
+
+@elementwise_helper
 def pack_affine(mean, rstd, weight, bias, q):
     """Fill ``q`` (3, P, C) in x's dtype with (mean_hi, scale, shift').
 
@@ -92,11 +102,7 @@ def pack_affine(mean, rstd, weight, bias, q):
     """
     for p in range(mean.shape[0]):
         for c in range(mean.shape[1]):
-            mu = mean[p, c]
-            q[0, p, c] = mu
-            scale = rstd[p, c] * weight[c]
-            q[1, p, c] = scale
-            q[2, p, c] = bias[c] - (mu - q[0, p, c]) * scale
+            store_affine(q, p, c, mean[p, c], rstd[p, c] * weight[c], bias[c])
 
 
 @elementwise_helper
@@ -113,10 +119,7 @@ def pack_stats(mean, m2, count, eps, weight, bias, q, var, rstd):
         r = 1.0 / np.sqrt(v + eps)
         var[c] = v
         rstd[c] = r
-        scale = r * weight[c] if weight.size else r
-        q[0, 0, c] = mu
-        q[1, 0, c] = scale
-        q[2, 0, c] = (bias[c] if bias.size else 0.0) - (mu - q[0, 0, c]) * scale
+        store_affine(q, 0, c, mu, r * weight[c] if weight.size else r, bias[c] if bias.size else 0.0)
 
 
 @elementwise_helper
@@ -136,7 +139,7 @@ def update_running(running_mean, running_var, mean, var, momentum, unbias):
 
 
 @elementwise_helper
-def _store_dx(q, p, j, mu, a, b, c):
+def store_dx(q, p, j, mu, a, b, c):
     """``q[:, p, j] = (mean_hi, a, b - c * mean_lo, c)``, rounded to q's dtype by the stores."""
     q[0, p, j] = mu
     q[1, p, j] = a
@@ -149,7 +152,7 @@ def pack_dx(mean, a, b, c, q):
     """Fill ``q`` (4, P, C) in x's dtype with (mean_hi, a, b - c * mean_lo, c) from float64 (P, C)."""
     for p in range(mean.shape[0]):
         for j in range(mean.shape[1]):
-            _store_dx(q, p, j, mean[p, j], a[p, j], b[p, j], c[p, j])
+            store_dx(q, p, j, mean[p, j], a[p, j], b[p, j], c[p, j])
 
 
 @elementwise_helper
@@ -168,7 +171,7 @@ def pack_channel_dx(mean, invstd, weight, s_dy, s_dyx, count, stats_grad, q, s_d
         s_dyxhat[j] = s_dyx[j] * r
         b = -a * s_dy[j] / count if stats_grad else 0.0
         c = -a * r * s_dyxhat[j] / count if stats_grad else 0.0
-        _store_dx(q, 0, j, np.float64(mean[j]), a, b, c)
+        store_dx(q, 0, j, np.float64(mean[j]), a, b, c)
 
 
 @kernel

@@ -19,7 +19,16 @@ from numba import prange
 from ... import _memory, config
 from ._jit import kernel
 from .channels import apply_dx, grad_sums, instance_moments, normalize, per_channel64
-from .elementwise import dx_cols, dx_slice, dx_slice_affine, normalize_cols, normalize_slice, normalize_slice_affine
+from .elementwise import (
+    dx_cols,
+    dx_slice,
+    dx_slice_affine,
+    normalize_cols,
+    normalize_slice,
+    normalize_slice_affine,
+    store_affine,
+    store_dx,
+)
 from .moments import chan_merge, cols_range_moments, merge, slice_moments
 from .sums import cols_block_grad_sums, slice_grad_sums, slice_weighted_grad_sums
 
@@ -151,8 +160,8 @@ def planes_forward(x3, y3, groups, weight, bias, eps, planes_per_item, mean, var
     """Fused GroupNorm of channels-last (N, S, C) planes, parallel over runs of samples.
 
     Per plane: column moments (lane-wise Welford), Chan-merged over each group's
-    channels, then the plane is normalized with per-channel (hi, scale, shift)
-    rows of ``params`` (N, 3, C), in x's dtype. ``weight`` and ``bias`` are float64 (C,);
+    channels, then plane n is normalized with per-channel (hi, scale, shift)
+    rows ``params[:, n]`` of ``params`` (3, N, C), in x's dtype. ``weight`` and ``bias`` are float64 (C,);
     ``cols`` (work items, 4, C) float64 is each work item's scratch.
     """
     n_planes, _, n_ch = x3.shape
@@ -163,7 +172,6 @@ def planes_forward(x3, y3, groups, weight, bias, eps, planes_per_item, mean, var
         for n in range(item * planes_per_item, min((item + 1) * planes_per_item, n_planes)):
             xp = x3[n]
             count = cols_range_moments(xp, col[0], col[1], col[2:])
-            p = params[n]
             for g in range(groups):
                 total, mu, m2 = 0.0, 0.0, 0.0
                 for c in range(g * per_group, (g + 1) * per_group):
@@ -174,11 +182,8 @@ def planes_forward(x3, y3, groups, weight, bias, eps, planes_per_item, mean, var
                 var[n, g] = v
                 rstd[n, g] = inv
                 for c in range(g * per_group, (g + 1) * per_group):
-                    p[0, c] = mu
-                    scale = inv * weight[c]
-                    p[1, c] = scale
-                    p[2, c] = bias[c] - (mu - p[0, c]) * scale
-            normalize_cols(xp, y3[n], p[0], p[1], p[2])
+                    store_affine(params, n, c, mu, inv * weight[c], bias[c])
+            normalize_cols(xp, y3[n], params[0, n], params[1, n], params[2, n])
 
 
 @kernel
@@ -186,8 +191,8 @@ def planes_backward(x3, dy3, dx3, weight, mean, rstd, stats_grad, planes_per_ite
     """Fused GroupNorm backward of channels-last (N, S, C) planes, parallel over runs of samples.
 
     Per plane: per-channel gradient sums into ``s_dy``/``s_dyx`` (N, C), per-group
-    coefficients, then dx with per-channel (hi, a, b, c) rows of ``params`` (N, 4, C);
-    ``cols`` (work items, C) float64 is each work item's scratch.
+    coefficients, then dx of plane n with per-channel (hi, a, b, c) rows ``params[:, n]``
+    of ``params`` (4, N, C); ``cols`` (work items, C) float64 is each work item's scratch.
     """
     n_planes, n_rows, n_ch = x3.shape
     groups = mean.shape[1]
@@ -202,7 +207,6 @@ def planes_backward(x3, dy3, dx3, weight, mean, rstd, stats_grad, planes_per_ite
             s_dy[n] = 0.0
             s_dyx[n] = 0.0
             cols_block_grad_sums(x3[n], dy3[n], col_mean, s_dy[n], s_dyx[n])
-            p = params[n]
             for g in range(groups):
                 inv = rstd[n, g]
                 s_g = 0.0
@@ -213,11 +217,8 @@ def planes_backward(x3, dy3, dx3, weight, mean, rstd, stats_grad, planes_per_ite
                 b = -inv * s_g / width if stats_grad else 0.0
                 cc = -inv * inv * inv * s_gx / width if stats_grad else 0.0
                 for c in range(g * per_group, (g + 1) * per_group):
-                    p[0, c] = mean[n, g]
-                    p[1, c] = inv * weight[c]
-                    p[2, c] = b - cc * (mean[n, g] - p[0, c])
-                    p[3, c] = cc
-            dx_cols(x3[n], dy3[n], dx3[n], p[0], p[1], p[2], p[3])
+                    store_dx(params, n, c, mean[n, g], inv * weight[c], b, cc)
+            dx_cols(x3[n], dy3[n], dx3[n], params[0, n], params[1, n], params[2, n], params[3, n])
 
 
 def _planes_per_item(n_planes):
@@ -252,7 +253,7 @@ def forward(layout, x3, y3, groups, weight, bias, eps):
     if _fused_planes(x3):
         mean, var, rstd = (np.empty((n, groups)) for _ in range(3))
         b = per_channel64(bias, c, 0.0)
-        params = _memory.empty((n, 3, c), x3.dtype, work=x3.size)
+        params = _memory.empty((3, n, c), x3.dtype, work=x3.size)
         per_item = _planes_per_item(n)
         cols = _memory.empty((-(-n // per_item), 4, c), work=x3.size)
         planes_forward(x3.size, x3, y3, groups, per_channel64(weight, c, 1.0), b, eps, per_item,
@@ -288,7 +289,7 @@ def backward(layout, x3, dy3, dx3, mean, rstd, weight, stats_grad=True):
     if _fused_planes(x3):
         s_dy = _memory.empty((n, channels), work=x3.size)
         s_dyx = _memory.empty((n, channels), work=x3.size)
-        params = _memory.empty((n, 4, channels), x3.dtype, work=x3.size)
+        params = _memory.empty((4, n, channels), x3.dtype, work=x3.size)
         per_item = _planes_per_item(n)
         cols = _memory.empty((-(-n // per_item), channels), work=x3.size)
         planes_backward(x3.size, x3, dy3, dx3, per_channel64(weight, channels, 1.0), np.ascontiguousarray(mean),
