@@ -72,7 +72,6 @@ __all__ = [
     "write_plot",
 ]
 
-#: The passes of every row, in table order.
 #: Statistics over the repeats that :func:`measure` knows.
 STATS = ("paired", "median", "min")
 _STAT_NOTE = {
@@ -80,6 +79,7 @@ _STAT_NOTE = {
     "median": "median of {repeat} repeats",
     "min": "min of {repeat} repeats",
 }
+#: The passes of every row, in table order.
 PASSES = ("train_forward", "train_step", "eval_forward")
 #: ``channels_last`` is an NCHW-shaped view of NHWC memory (channel axis last in memory).
 LAYOUTS = ("contiguous", "channels_last")
