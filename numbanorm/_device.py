@@ -1,15 +1,15 @@
-"""Where an array lives: NumPy (CPU) or a CUDA device, told apart without importing
-``numba.cuda``, so that ``import numbanorm`` stays fast for users who never use CUDA.
+"""Where an array lives — NumPy (the CPU) or a CUDA device — and the backend that runs it.
 
-:data:`cuda_ops` is :mod:`numbanorm._cuda` (the device-array twins of every
-functional op), imported on first use.
+Told apart without importing ``numba.cuda``, so that ``import numbanorm`` stays fast
+for users who never use CUDA: :mod:`numbanorm.kernels.cuda` is imported the first time
+a CUDA array reaches numbanorm.
 """
 
 import importlib
 
 import numpy as np
 
-__all__ = ["is_cuda_array", "cuda_ops", "astype", "to_host", "move"]
+__all__ = ["is_cuda_array", "backend", "astype", "to_host", "move"]
 
 
 def is_cuda_array(x):
@@ -20,39 +20,40 @@ def is_cuda_array(x):
     return bool(getattr(type(x), "__cuda_ndarray__", False)) or hasattr(x, "__cuda_array_interface__")
 
 
-class _LazyModule:
-    """A module imported on first attribute access."""
-
-    def __init__(self, name):
-        self._name = name
-
-    def __getattr__(self, attr):
-        return getattr(importlib.import_module(self._name), attr)
-
-    def __repr__(self):
-        return f"<lazy module {self._name}>"
+_BACKENDS = {}
 
 
-#: :mod:`numbanorm._cuda`, imported when a CUDA array first reaches numbanorm.
-cuda_ops = _LazyModule("numbanorm._cuda")
+def _load(name):
+    module = _BACKENDS.get(name)
+    if module is None:
+        module = _BACKENDS[name] = importlib.import_module(f"numbanorm.kernels.{name}")
+    return module
+
+
+def backend(x):
+    """The kernel package that runs ``x``: :mod:`numbanorm.kernels.cpu` for a NumPy array,
+    :mod:`numbanorm.kernels.cuda` for a CUDA array, None for anything else."""
+    if isinstance(x, np.ndarray):
+        return _load("cpu")
+    if is_cuda_array(x):
+        return _load("cuda")
+    return None
 
 
 def astype(arr, dtype, copy=True):
     """``arr.astype(dtype, copy=copy)`` for NumPy and CUDA device arrays alike."""
-    if is_cuda_array(arr):
-        return cuda_ops.astype(arr, dtype, copy=copy)
-    return arr.astype(dtype, copy=copy)
+    return backend(arr).arrays.astype(arr, dtype, copy=copy)
 
 
 def to_host(arr):
     """A NumPy copy of a NumPy or CUDA device array."""
     if is_cuda_array(arr):
-        return cuda_ops.to_host(arr)
+        return backend(arr).arrays.to_host(arr)
     return np.array(arr, copy=True)
 
 
 def move(arr, target):
     """``arr`` on ``target`` (``"cuda"`` or ``"cpu"``): the array itself if it is there already."""
     if target == "cuda":
-        return arr if is_cuda_array(arr) else cuda_ops.to_device(arr)
-    return cuda_ops.to_host(arr) if is_cuda_array(arr) else arr
+        return arr if is_cuda_array(arr) else _load("cuda").arrays.to_device(arr)
+    return to_host(arr) if is_cuda_array(arr) else arr

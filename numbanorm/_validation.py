@@ -1,7 +1,9 @@
-"""Input checks shared by the functional API and the layers.
+"""Input checks of the functional API (and the layers' constructors).
 
 Everything is validated before any state changes, and every error names what was
-wrong and what was expected.
+wrong and what was expected. The checks read only ``shape``, ``dtype``, ``ndim`` and
+memory extents, so they serve NumPy and CUDA device arrays alike; an array must live
+where the input lives (a NumPy weight with a CUDA input is an error, not a copy).
 """
 
 import math
@@ -37,38 +39,52 @@ def check_dtype(dtype, name="dtype"):
     return dt.type
 
 
+def _where(x):
+    return "a CUDA device array" if is_cuda_array(x) else "a numpy.ndarray"
+
+
 def check_float_array(x, name="input"):
     """Return ``x`` if it is a float32/float64 ndarray (or CUDA device array), else raise TypeError."""
     if not isinstance(x, np.ndarray) and not is_cuda_array(x):
-        raise TypeError(f"{name} must be a numpy.ndarray of float32 or float64, got {type(x).__name__}")
+        raise TypeError(f"{name} must be a numpy.ndarray (or a CUDA device array) of float32 or float64, "
+                        f"got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
     return x
 
 
-def check_param(p, name, shape):
-    """Check an optional per-channel/per-element parameter or buffer: None or ``shape`` floats."""
+def _check_same_device(a, name, x):
+    if is_cuda_array(a) != is_cuda_array(x) or not (isinstance(a, np.ndarray) or is_cuda_array(a)):
+        raise TypeError(f"{name} must be {_where(x)} like the input, got {type(a).__name__}"
+                        + (" (move parameters with layer.to('cuda') or numba.cuda.to_device)"
+                           if is_cuda_array(x) else ""))
+
+
+def check_param(p, name, shape, x):
+    """Check an optional per-channel/per-element parameter or buffer: None, or ``shape``
+    floats on the device of ``x``."""
     if p is None:
         return None
-    if not isinstance(p, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray or None, got {type(p).__name__}")
+    _check_same_device(p, name, x)
     if p.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {p.dtype}")
-    if p.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {p.shape}")
+    if tuple(p.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(p.shape)}")
     return p
 
 
-def check_stats(arr, name, shape):
-    """Check saved statistics passed to a backward function: float array of ``shape``."""
+def check_stats(arr, name, shape, x):
+    """Check saved statistics passed to a backward function: float array of ``shape`` on x's device."""
     if arr is None:
         raise ValueError(f"{name} is required (the statistics returned by the forward call)")
-    arr = np.asarray(arr)
+    if not is_cuda_array(x) and not is_cuda_array(arr):
+        arr = np.asarray(arr)
+    _check_same_device(arr, name, x)
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
-    if arr.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
-    return arr.astype(np.float64)
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(arr.shape)}")
+    return arr
 
 
 def check_eps(eps):
@@ -94,28 +110,54 @@ def check_momentum(momentum, allow_none=True):
 
 def check_dy(dy, x):
     """dy must be an array of x's shape and dtype, on x's device."""
-    if is_cuda_array(x):
-        if not is_cuda_array(dy):
-            raise TypeError(f"dy must be a CUDA device array like the forward input, got {type(dy).__name__}")
-    elif not isinstance(dy, np.ndarray):
-        raise TypeError(f"dy must be a numpy.ndarray, got {type(dy).__name__}")
+    _check_same_device(dy, "dy", x)
     if tuple(dy.shape) != tuple(x.shape):
-        raise ValueError(f"dy must have the shape of the forward input {x.shape}, got {dy.shape}")
+        raise ValueError(f"dy must have the shape of the forward input {tuple(x.shape)}, got {tuple(dy.shape)}")
     if dy.dtype != x.dtype:
         raise TypeError(f"dy must have the dtype of the forward input ({x.dtype}), got {dy.dtype}")
     return dy
 
 
+def _byte_range(a):
+    """[first, last) byte addresses spanned by an array exposing an array interface."""
+    if not is_cuda_array(a):
+        info = a.__array_interface__
+    elif hasattr(a, "__cuda_array_interface__"):
+        info = a.__cuda_array_interface__
+    else:  # numba-cuda's simulator wraps a NumPy array and exposes no CUDA interface
+        info = a._ary.__array_interface__
+    start = info["data"][0]
+    itemsize = np.dtype(info["typestr"]).itemsize
+    shape = info["shape"]
+    strides = info.get("strides")
+    if strides is None:
+        strides = tuple(itemsize * math.prod(shape[i + 1:]) for i in range(len(shape)))
+    lo = start + sum(st * (d - 1) for st, d in zip(strides, shape, strict=True) if st < 0)
+    hi = start + sum(st * (d - 1) for st, d in zip(strides, shape, strict=True) if st > 0) + itemsize
+    return lo, hi
+
+
+def _may_overlap(a, b):
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return np.may_share_memory(a, b)
+    if a.size == 0 or b.size == 0:
+        return False
+    a_lo, a_hi = _byte_range(a)
+    b_lo, b_hi = _byte_range(b)
+    return a_lo < b_hi and b_lo < a_hi
+
+
 def check_out(out, x):
-    """An ``out=`` array must be a writable ndarray of x's shape and dtype."""
+    """An ``out=`` array must be a writable array of x's shape and dtype on x's device, apart from x."""
     if out is None:
         return None
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
-    if out.shape != x.shape or out.dtype != x.dtype:
-        raise ValueError(f"out must have shape {x.shape} and dtype {x.dtype}, got {out.shape} {out.dtype}")
-    if not out.flags.writeable:
+    if is_cuda_array(x) != is_cuda_array(out) or not (isinstance(out, np.ndarray) or is_cuda_array(out)):
+        raise TypeError(f"out must be {_where(x)} like the input, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype:
+        raise ValueError(f"out must have shape {tuple(x.shape)} and dtype {x.dtype}, "
+                         f"got {tuple(out.shape)} {out.dtype}")
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
         raise ValueError("out must be writeable")
-    if np.may_share_memory(out, x):
+    if _may_overlap(out, x):
         raise ValueError("out must not overlap the input")
     return out

@@ -18,6 +18,12 @@ its own. Two sets are used:
     ``x - (mean_hi + mean_lo)`` and lose the extra precision of the hi/lo pair.
     Element-wise loops vectorize without it.
 
+``FASTMATH_DX``
+    For the dx loops: no ``reassoc`` and no ``contract``. dx is
+    ``s * ((a * dy - b) - (x - m) * c)`` with ``b`` the mean of ``a * dy``; a fused
+    multiply-add would keep the rounding error of ``a * dy`` that ``b`` does not have,
+    and a group of one element would get a tiny non-zero dx instead of exactly 0.
+
 ``nnan`` and ``ninf`` are never used: NaN and inf must propagate as in PyTorch.
 """
 
@@ -40,6 +46,8 @@ def _env_bool(name, default):
 FASTMATH_REDUCE = frozenset({"reassoc", "contract", "nsz", "arcp"})
 #: Flags for element-wise loops: no ``reassoc`` (keeps the hi/lo mean subtraction exact).
 FASTMATH_ELEMENTWISE = frozenset({"contract", "nsz", "arcp"})
+#: Flags for the dx loops: no ``contract`` either (the bracket ``a*dy - mean(a*dy)`` cancels exactly).
+FASTMATH_DX = frozenset({"nsz", "arcp"})
 
 #: Cache compiled kernels on disk (first call after a warm cache is fast).
 CACHE = _env_bool("NUMBANORM_CACHE", True)

@@ -1,10 +1,28 @@
-"""Functional normalization API: validate, pick the memory layout, dispatch to kernels.
+"""Functional normalization API: the one front end for host and device arrays.
 
-Each forward has a matching ``*_backward`` that returns ``(dx, dweight, dbias)``
-(``None`` for a parameter that was not given). Forward calls with
-``return_stats=True`` also return the float64 statistics the backward needs.
-The input's dtype (float32 or float64) sets the compute and output dtype;
-parameters of the other float dtype are cast for the call.
+Every call is validated once here (shapes, dtypes, devices, parameters), before
+anything is computed or changed, and then handed to the backend that the input's
+device selects: :mod:`numbanorm.kernels.cpu` for NumPy arrays,
+:mod:`numbanorm.kernels.cuda` for CUDA arrays. Both backends have the same drivers
+with the same signatures; running statistics are updated in one place
+(:func:`_update_running`) for both.
+
+Conventions
+-----------
+- Each forward has a matching ``*_backward`` that returns ``(dx, dweight, dbias)``
+  (``None`` for a parameter that was not given).
+- ``return_stats=True`` makes every forward return ``(y, mean, rstd)``: float64
+  statistics on the input's device, the ones the backward needs. RMSNorm has no mean:
+  its ``mean`` is None.
+- The input's dtype (float32 or float64) sets the compute and output dtype;
+  parameters of the other float dtype are cast for the call. Gradients come back in
+  the input's dtype.
+- Arrays live where the input lives: with a CUDA input, parameters, running
+  statistics, ``out`` and ``dy`` must be CUDA arrays too (no hidden host-to-device
+  copies). A Numba device array comes back for a CUDA input; a CuPy array or PyTorch
+  CUDA tensor is read in place (through ``__cuda_array_interface__``) and the result is
+  a new Numba device array sharing nothing with it (``cupy.asarray(y)`` or
+  ``torch.as_tensor(y, device="cuda")`` wrap it without a copy).
 """
 
 import math
@@ -12,15 +30,8 @@ import numbers
 
 import numpy as np
 
-from . import _layout, _memory
 from . import _validation as v
-from ._device import cuda_ops as _cuda
-from ._device import is_cuda_array as _is_cuda
-from .kernels.cpu import batchnorm as _bn
-from .kernels.cpu import channels as _channels
-from .kernels.cpu import groupnorm as _gn
-from .kernels.cpu import instancenorm as _in
-from .kernels.cpu import layernorm as _ln
+from ._device import backend
 
 __all__ = [
     "batch_norm",
@@ -33,48 +44,74 @@ __all__ = [
     "group_norm_backward",
     "instance_norm",
     "instance_norm_backward",
+    "normalized_shape_tuple",
 ]
 
 
-def _check_channels_input(x, min_ndim, name="input"):
+# -- validation shared by the families -----------------------------------------------------
+
+def _input(x, name="input"):
+    """``(backend, x)``: x as its backend's array type, checked to be a float array."""
+    be = backend(x)
+    if be is not None:
+        x = be.arrays.asarray(x)
     v.check_float_array(x, name)
+    return be, x
+
+
+def _channels_input(x, min_ndim, name="input"):
+    be, x = _input(x, name)
     if x.ndim < min_ndim:
-        raise ValueError(f"expected {name} with at least {min_ndim} dimensions (N, C, ...), got shape {x.shape}")
-    return x.shape[1]
+        raise ValueError(f"expected {name} with at least {min_ndim} dimensions (N, C, ...), "
+                         f"got shape {tuple(x.shape)}")
+    return be, x, x.shape[1]
 
 
-def _check_channel_params(c, running_mean, running_var, weight, bias):
-    """Per-channel arrays (or None) of C floats; the running pair present or absent together."""
-    for name, p in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
-        v.check_param(p, name, (c,))
+def _params(be, x, shape, **arrays):
+    """Check optional parameters/buffers of ``shape`` on x's device; return them in order."""
+    out = []
+    for name, p in arrays.items():
+        if p is not None and be is not None:
+            p = be.arrays.asarray(p) if not isinstance(p, np.ndarray) else p
+        out.append(v.check_param(p, name, shape, x))
+    return out
+
+
+def _running_pair(running_mean, running_var):
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must both be arrays or both be None")
 
 
-def _empty_forward(x, out, stat_shape, n_stats, return_stats):
+def _stats(be, x, arr, name, shape):
+    """Saved statistics of a backward call as float64 arrays of ``shape`` on x's device."""
+    if arr is not None and not isinstance(arr, np.ndarray):
+        arr = be.arrays.asarray(arr)
+    arr = v.check_stats(arr, name, shape, x)
+    return be.arrays.astype(arr, np.float64, copy=False)
+
+
+def _empty_forward(be, x, out, stat_shape, return_stats, mean=True):
     """The result of a forward on an input without elements: y, and NaN statistics."""
-    y = np.empty_like(x) if out is None else out
+    y = be.arrays.empty_like(x) if out is None else out
     if not return_stats:
         return y
-    return (y,) + tuple(np.full(stat_shape, np.nan) for _ in range(n_stats))
+    nan = be.arrays.full(stat_shape, np.nan)
+    return y, (be.arrays.full(stat_shape, np.nan) if mean else None), nan
 
 
-def _finish(layout, x3, x, out, compute):
-    """Run ``compute(y3)`` into ``out`` (directly when its layout allows) or a new array."""
-    if out is None:
-        y3, y = _layout.new_output(layout, x3, x.shape)
-        compute(y3)
-        return y
-    y3 = _layout.match_layout(layout, x3, out)
-    if y3 is None:
-        y3, y = _layout.new_output(layout, x3, x.shape)
-        compute(y3)
-        out[...] = y
-    else:
-        compute(y3)
-    return out
+def _update_running(be, running_mean, running_var, mean, var, momentum, count):
+    """The one place running statistics change: ``r = (1 - momentum) r + momentum s`` with
+    the unbiased variance ``var * count / (count - 1)``; (N, C) statistics are averaged
+    over the batch first (InstanceNorm, as PyTorch does)."""
+    be.channels.update_running_stats(running_mean, running_var, mean, var, momentum, count)
 
+
+def _grad(be, g, x, given):
+    """A float64 parameter gradient rounded to x's dtype, or None for a parameter not given."""
+    return None if given is None else be.arrays.astype(g, x.dtype, copy=False)
+
+
+# -- BatchNorm ---------------------------------------------------------------------------
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
                eps=1e-5, *, out=None, return_stats=False):
@@ -91,11 +128,11 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
     Parameters
     ----------
-    x : ndarray, shape (N, C) or (N, C, *spatial), float32 or float64
+    x : ndarray or CUDA array, shape (N, C) or (N, C, *spatial), float32 or float64
         Any strides; contiguous and channels-last inputs run without a copy and the
         output keeps the input's layout.
-    running_mean, running_var : ndarray (C,) or None
-    weight, bias : ndarray (C,) or None
+    running_mean, running_var : array (C,) or None
+    weight, bias : array (C,) or None
         Affine parameters :math:`\gamma`, :math:`\beta`.
     training : bool
         Use batch statistics and update the running ones.
@@ -103,58 +140,52 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         Weight of the new batch statistics in the running averages.
     eps : float
         Added to the variance for numerical stability.
-    out : ndarray, optional
-        Written in place and returned (same shape and dtype as ``x``).
+    out : array, optional
+        Written in place and returned (same shape and dtype as ``x``, not overlapping it).
     return_stats : bool
-        Also return the float64 per-channel ``mean`` and ``invstd`` used, for
+        Also return the float64 per-channel ``mean`` and ``rstd`` used, for
         :func:`batch_norm_backward`.
 
     Returns
     -------
-    y : ndarray, like ``x``; or ``(y, mean, invstd)`` with ``return_stats``.
+    y : array like ``x``; or ``(y, mean, rstd)`` with ``return_stats``.
 
     References
     ----------
     S. Ioffe and C. Szegedy, "Batch Normalization: Accelerating Deep Network Training by
     Reducing Internal Covariate Shift", ICML 2015. arXiv:1502.03167
     """
-    if _is_cuda(x):
-        return _cuda.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, out=out,
-                                return_stats=return_stats)
-    c = _check_channels_input(x, 2)
-    _check_channel_params(c, running_mean, running_var, weight, bias)
+    be, x, c = _channels_input(x, 2)
+    running_mean, running_var, weight, bias = _params(be, x, (c,), running_mean=running_mean,
+                                                      running_var=running_var, weight=weight, bias=bias)
+    _running_pair(running_mean, running_var)
     eps = v.check_eps(eps)
-    use_batch = bool(training) or running_mean is None
+    use_input_stats = bool(training) or running_mean is None
     if training:
         momentum = v.check_momentum(momentum, allow_none=False)
     count = x.size // c if c else 0
     if training and count <= 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
     v.check_out(out, x)
-
-    layout, x3 = _layout.channel_view(x)
     if x.size == 0:
-        return _empty_forward(x, out, (c,), 2, return_stats)
-    stats = {}
+        return _empty_forward(be, x, out, (c,), return_stats)
 
-    def compute(y3):
-        if use_batch:
-            n, mean, var, invstd = _bn.forward_train(layout, x3, y3, weight, bias, eps)
-            stats.update(count=n, mean=mean, var=var, invstd=invstd)
-        else:
-            stats["mean"], stats["invstd"] = _bn.forward_eval(
-                layout, x3, y3, running_mean, running_var, weight, bias, eps)
-
-    y = _finish(layout, x3, x, out, compute)
-    if training and running_mean is not None:
-        _channels.update_running_stats(running_mean, running_var, stats["mean"], stats["var"], momentum,
-                                       stats["count"])
-    if return_stats:
-        return y, stats["mean"], stats["invstd"]
-    return y
+    layout, x3 = be.layout.channel_view(x)
+    y = be.layout.Output(layout, x3, x, out)
+    bn = be.batchnorm
+    if use_input_stats:
+        count, mean, m2 = bn.moments(layout, x3)
+        var, rstd = bn.normalize(layout, x3, y.view, mean, m2, count, weight, bias, eps)
+        if training and running_mean is not None:
+            _update_running(be, running_mean, running_var, mean, var, momentum, count)
+    else:
+        _, rstd = bn.normalize(layout, x3, y.view, running_mean, running_var, 1.0, weight, bias, eps)
+        mean = be.arrays.astype(running_mean, np.float64)
+    y = y.result()
+    return (y, mean, rstd) if return_stats else y
 
 
-def batch_norm_backward(dy, x, mean, invstd, weight=None, bias=None, training=True):
+def batch_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_stats=True):
     r"""Gradients of :func:`batch_norm` given the statistics its forward used.
 
     With :math:`\hat x = (x - \mu)\,\sigma^{-1}` and sums over a channel's m values:
@@ -166,32 +197,43 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, bias=None, training=Tr
         \frac{\partial L}{\partial \gamma} = \sum dy\,\hat x,\quad
         \frac{\partial L}{\partial \beta} = \sum dy
 
-    (the two mean terms vanish when ``training`` is False: the statistics were constants).
+    The bracket is formed in float64 and rounded once, so a channel whose values are
+    all equal to its mean gets exactly ``dy - mean(dy)`` scaled (and a channel of one
+    value exactly 0). The two mean terms vanish when ``use_input_stats`` is False: the
+    statistics were constants (running statistics).
 
     Parameters
     ----------
-    dy : ndarray, shape and dtype of ``x``
-    x : ndarray, the forward input
-    mean, invstd : ndarray (C,)
+    dy : array, shape and dtype of ``x``
+    x : array, the forward input (read again here: it must hold the values it had in
+        the forward call)
+    mean, rstd : array (C,)
         As returned by ``batch_norm(..., return_stats=True)``.
-    weight, bias : ndarray (C,) or None
+    weight, bias : array (C,) or None
         The forward's parameters; ``bias`` only decides whether ``dbias`` is returned.
-    training : bool
-        Whether the forward used batch statistics.
+    use_input_stats : bool
+        Whether the forward normalized with the batch's own statistics.
 
     Returns
     -------
-    dx : ndarray like ``x``; dweight, dbias : ndarray (C,) in ``x``'s dtype, or None.
+    dx : array like ``x``; dweight, dbias : array (C,) in ``x``'s dtype, or None.
     """
-    if _is_cuda(x):
-        return _cuda.batch_norm_backward(dy, x, mean, invstd, weight, bias, training)
-    c = _check_channels_input(x, 2, "x")
+    be, x, c = _channels_input(x, 2, "x")
     v.check_dy(dy, x)
-    mean = v.check_stats(mean, "mean", (c,))
-    invstd = v.check_stats(invstd, "invstd", (c,))
-    v.check_param(weight, "weight", (c,))
-    v.check_param(bias, "bias", (c,))
-    return _channel_backward(_bn.backward, dy, x, mean, invstd, weight, bias, bool(training), rows_2d=False)
+    mean = _stats(be, x, mean, "mean", (c,))
+    rstd = _stats(be, x, rstd, "rstd", (c,))
+    weight, bias = _params(be, x, (c,), weight=weight, bias=bias)
+    layout, x3 = be.layout.channel_view(x)
+    dx = be.layout.Output(layout, x3, x)
+    if x.size == 0:
+        dw = db = be.arrays.full(c, 0.0)
+    else:
+        dy3 = be.layout.like_view(layout, x3, be.arrays.asarray(dy))
+        bn = be.batchnorm
+        db, s_dyx = bn.grad_sums(layout, x3, dy3, mean)
+        dw = bn.apply_dx(layout, x3, dy3, dx.view, mean, rstd, weight, db, s_dyx, x.size // c,
+                         bool(use_input_stats))
+    return dx.result(), _grad(be, dw, x, weight), _grad(be, db, x, bias)
 
 
 # -- LayerNorm and RMSNorm ---------------------------------------------------------------
@@ -217,65 +259,43 @@ def normalized_shape_tuple(normalized_shape):
     return shape
 
 
-def _rows_view(x, normalized_shape, name="input"):
-    """Check x against normalized_shape; return (shape, (R, D) C-contiguous view of x)."""
-    v.check_float_array(x, name)
+def _rows_input(x, normalized_shape, name="input"):
+    """Check x against normalized_shape; return (backend, x, shape, stat_shape)."""
+    be, x = _input(x, name)
     shape = normalized_shape_tuple(normalized_shape)
     k = len(shape)
-    if x.ndim < k or x.shape[x.ndim - k:] != shape:
+    if x.ndim < k or tuple(x.shape[x.ndim - k:]) != shape:
         raise ValueError(f"expected {name} with trailing dimensions {list(shape)} (normalized_shape), "
-                         f"got shape {x.shape}")
-    width = math.prod(shape)
-    return shape, np.ascontiguousarray(x).reshape(-1, width)
+                         f"got shape {tuple(x.shape)}")
+    return be, x, shape, tuple(x.shape[:x.ndim - k])
 
 
 def _rows_forward(x, normalized_shape, weight, bias, eps, out, center):
-    shape, x2 = _rows_view(x, normalized_shape)
-    v.check_param(weight, "weight", shape)
-    v.check_param(bias, "bias", shape)
-    eps = v.check_eps(eps)
+    be, x, shape, stat_shape = _rows_input(x, normalized_shape)
+    weight, bias = _params(be, x, shape, weight=weight, bias=bias)
+    eps = v.check_eps(float(np.finfo(x.dtype).eps) if eps is None and not center else eps)
     v.check_out(out, x)
-    width = x2.shape[1]
-    w = _row_param(weight, width, x.dtype, 1, x2.size)
-    b = _row_param(bias, width, x.dtype, 0, x2.size)
-    direct = out is not None and out.flags.c_contiguous
-    y2 = out.reshape(x2.shape) if direct else _memory.empty(x2.shape, x.dtype, x2.size)
-    mean, rstd = _ln.forward(x2, y2, w, b, eps, center)
-    stat_shape = x.shape[:x.ndim - len(shape)]
-    if out is not None:
-        if not direct:
-            out[...] = y2.reshape(x.shape)
-        y = out
-    else:
-        y = y2.reshape(x.shape)
+    layout, x2 = be.layout.rows_view(x, math.prod(shape))
+    y = be.layout.Output(layout, x2, x, out)
+    mean, rstd = be.layernorm.forward(x2, y.view, weight, bias, eps, center)
     if len(stat_shape) != 1:
         mean, rstd = mean.reshape(stat_shape), rstd.reshape(stat_shape)
-    return y, mean, rstd
+    return y.result(), (mean if center else None), rstd
 
 
-def _row_param(p, width, dtype, fill, work):
-    """A (D,) C-contiguous parameter in x's dtype, aligned for a pass of ``work`` elements
-    (a copy only when needed)."""
-    if p is None:
-        return _memory.full(width, fill, dtype, work)
-    if p.dtype != dtype:
-        p = p.astype(dtype)
-    return _memory.aligned(np.ascontiguousarray(p).reshape(width), work)
-
-
-def _rows_backward(dy, x, normalized_shape, mean, rstd, weight, center):
-    shape, x2 = _rows_view(x, normalized_shape, "x")
+def _rows_backward(dy, x, normalized_shape, mean, rstd, weight, bias, center):
+    be, x, shape, stat_shape = _rows_input(x, normalized_shape, "x")
     v.check_dy(dy, x)
-    v.check_param(weight, "weight", shape)
-    stat_shape = x.shape[:x.ndim - len(shape)]
-    rstd = v.check_stats(rstd, "rstd", stat_shape).reshape(-1)
-    mean = np.zeros_like(rstd) if mean is None else v.check_stats(mean, "mean", stat_shape).reshape(-1)
-    width = x2.shape[1]
-    w = _row_param(weight, width, x.dtype, 1, x2.size)
-    dy2 = np.ascontiguousarray(dy).reshape(x2.shape)
-    dx2 = _memory.empty(x2.shape, x.dtype, x2.size)
-    dw, db = _ln.backward(x2, dy2, dx2, w, mean, rstd, center)
-    return dx2.reshape(x.shape), dw.reshape(shape).astype(x.dtype), db.reshape(shape).astype(x.dtype)
+    rstd = _stats(be, x, rstd, "rstd", stat_shape)
+    mean = _stats(be, x, mean, "mean", stat_shape) if center else None
+    weight, bias = _params(be, x, shape, weight=weight, bias=bias)
+    layout, x2 = be.layout.rows_view(x, math.prod(shape))
+    rows = x2.shape[0]
+    dy2 = be.layout.like_view(layout, x2, be.arrays.asarray(dy))
+    dx = be.layout.Output(layout, x2, x)
+    mean = be.arrays.full(rows, 0.0) if mean is None else mean.reshape(rows)
+    dw, db = be.layernorm.backward(x2, dy2, dx.view, mean, rstd.reshape(rows), weight, center)
+    return dx.result(), _grad(be, dw.reshape(shape), x, weight), _grad(be, db.reshape(shape), x, bias)
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
@@ -290,11 +310,11 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
 
     Parameters
     ----------
-    x : ndarray (..., *normalized_shape), float32 or float64
+    x : array (..., *normalized_shape), float32 or float64
     normalized_shape : int or tuple of ints
-    weight, bias : ndarray of shape ``normalized_shape`` or None
+    weight, bias : array of shape ``normalized_shape`` or None
     eps : float
-    out : ndarray, optional
+    out : array, optional
         Written in place and returned.
     return_stats : bool
         Also return float64 ``mean`` and ``rstd`` of shape ``x.shape[:-len(normalized_shape)]``.
@@ -307,8 +327,6 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     ----------
     J. L. Ba, J. R. Kiros and G. E. Hinton, "Layer Normalization", 2016. arXiv:1607.06450
     """
-    if _is_cuda(x):
-        return _cuda.layer_norm(x, normalized_shape, weight, bias, eps, out=out, return_stats=return_stats)
     y, mean, rstd = _rows_forward(x, normalized_shape, weight, bias, eps, out, center=True)
     return (y, mean, rstd) if return_stats else y
 
@@ -317,18 +335,13 @@ def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, bias=N
     r"""Gradients of :func:`layer_norm`: returns ``(dx, dweight, dbias)``.
 
     With :math:`\hat x = (x - \mu) r` and :math:`g = dy \odot \gamma` per row of D values:
-    :math:`dx = r\,(g - \overline{g} - \hat x\,\overline{g \hat x})`,
+    :math:`dx = r\,(g - \overline{g} - \hat x\,\overline{g \hat x})` (the bracket in
+    float64, so a row of one value gets exactly 0),
     :math:`d\gamma = \sum_{rows} dy\,\hat x`, :math:`d\beta = \sum_{rows} dy`.
-    ``mean``/``rstd`` are those returned by ``layer_norm(..., return_stats=True)``.
+    ``mean``/``rstd`` are those returned by ``layer_norm(..., return_stats=True)``; ``x``
+    must hold the values it had in the forward call.
     """
-    if _is_cuda(x):
-        return _cuda.layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight, bias)
-    dx, dw, db = _rows_backward(dy, x, normalized_shape, mean, rstd, weight, center=True)
-    return dx, (None if weight is None else dw), (None if bias is None else db)
-
-
-def _rms_eps(eps, dtype):
-    return float(np.finfo(dtype).eps) if eps is None else eps
+    return _rows_backward(dy, x, normalized_shape, mean, rstd, weight, bias, center=True)
 
 
 def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_stats=False):
@@ -343,18 +356,16 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_sta
 
     Returns
     -------
-    y, or (y, rstd) with ``return_stats`` (float64, shape ``x.shape[:-len(normalized_shape)]``).
+    y, or (y, None, rstd) with ``return_stats`` (RMSNorm has no mean; ``rstd`` float64 of
+    shape ``x.shape[:-len(normalized_shape)]``).
 
     References
     ----------
     B. Zhang and R. Sennrich, "Root Mean Square Layer Normalization", NeurIPS 2019.
     arXiv:1910.07467
     """
-    if _is_cuda(x):
-        return _cuda.rms_norm(x, normalized_shape, weight, eps, out=out, return_stats=return_stats)
-    v.check_float_array(x, "input")
-    y, _, rstd = _rows_forward(x, normalized_shape, weight, None, _rms_eps(eps, x.dtype), out, center=False)
-    return (y, rstd) if return_stats else y
+    y, mean, rstd = _rows_forward(x, normalized_shape, weight, None, eps, out, center=False)
+    return (y, mean, rstd) if return_stats else y
 
 
 def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None):
@@ -363,20 +374,31 @@ def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None):
     With :math:`\hat x = x r`, :math:`g = dy \odot \gamma`:
     :math:`dx = r\,(g - \hat x\,\overline{g \hat x})`, :math:`d\gamma = \sum_{rows} dy\,\hat x`.
     """
-    if _is_cuda(x):
-        return _cuda.rms_norm_backward(dy, x, normalized_shape, rstd, weight)
-    dx, dw, _ = _rows_backward(dy, x, normalized_shape, None, rstd, weight, center=False)
-    return dx, (None if weight is None else dw), None
+    return _rows_backward(dy, x, normalized_shape, None, rstd, weight, None, center=False)
 
 
 # -- GroupNorm and InstanceNorm ---------------------------------------------------------
 
-def _check_groups(num_groups, channels):
+def check_groups(num_groups, channels):
+    """``num_groups`` as an int that divides ``channels``, or ValueError."""
     if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral) or num_groups <= 0:
         raise ValueError(f"num_groups must be a positive integer, got {num_groups!r}")
     if channels % num_groups:
         raise ValueError(f"num_channels ({channels}) must be divisible by num_groups ({num_groups})")
     return int(num_groups)
+
+
+def _per_sample_backward(family_backward, be, dy, x, mean, rstd, weight, bias, use_input_stats):
+    """dx, dweight, dbias of GroupNorm and InstanceNorm from checked (N, P) statistics."""
+    layout, x3 = be.layout.channel_view(x, rows_2d=True)
+    dx = be.layout.Output(layout, x3, x)
+    c = x.shape[1]
+    if x.size == 0:
+        dw = db = be.arrays.full(c, 0.0)
+    else:
+        dy3 = be.layout.like_view(layout, x3, be.arrays.asarray(dy))
+        dw, db = family_backward(layout, x3, dy3, dx.view, mean, rstd, weight, bool(use_input_stats))
+    return dx.result(), _grad(be, dw, x, weight), _grad(be, db, x, bias)
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
@@ -398,25 +420,17 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None, ret
     ----------
     Y. Wu and K. He, "Group Normalization", ECCV 2018. arXiv:1803.08494
     """
-    if _is_cuda(x):
-        return _cuda.group_norm(x, num_groups, weight, bias, eps, out=out, return_stats=return_stats)
-    c = _check_channels_input(x, 2)
-    groups = _check_groups(num_groups, c)
-    v.check_param(weight, "weight", (c,))
-    v.check_param(bias, "bias", (c,))
+    be, x, c = _channels_input(x, 2)
+    groups = check_groups(num_groups, c)
+    weight, bias = _params(be, x, (c,), weight=weight, bias=bias)
     eps = v.check_eps(eps)
     v.check_out(out, x)
-    n = x.shape[0]
-    layout, x3 = _layout.channel_view(x, rows_2d=True)
     if x.size == 0:
-        return _empty_forward(x, out, (n, groups), 2, return_stats)
-    result = {}
-
-    def compute(y3):
-        result["stats"] = _gn.forward(layout, x3, y3, groups, weight, bias, eps)
-
-    y = _finish(layout, x3, x, out, compute)
-    _, mean, _, rstd = result["stats"]
+        return _empty_forward(be, x, out, (x.shape[0], groups), return_stats)
+    layout, x3 = be.layout.channel_view(x, rows_2d=True)
+    y = be.layout.Output(layout, x3, x, out)
+    _, mean, _, rstd = be.groupnorm.forward(layout, x3, y.view, groups, weight, bias, eps)
+    y = y.result()
     return (y, mean, rstd) if return_stats else y
 
 
@@ -424,33 +438,17 @@ def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, bias=None):
     r"""Gradients of :func:`group_norm`: returns ``(dx, dweight, dbias)``.
 
     Per group of m values with :math:`\hat x = (x - \mu) r` and :math:`g = dy\,\gamma_c`:
-    :math:`dx = r\,(g - \overline{g} - \hat x\,\overline{g \hat x})`,
-    :math:`d\gamma_c = \sum dy\,\hat x`, :math:`d\beta_c = \sum dy` over samples and positions.
+    :math:`dx = r\,(g - \overline{g} - \hat x\,\overline{g \hat x})` (the bracket in
+    float64), :math:`d\gamma_c = \sum dy\,\hat x`, :math:`d\beta_c = \sum dy` over samples
+    and positions. ``x`` must hold the values it had in the forward call.
     """
-    if _is_cuda(x):
-        return _cuda.group_norm_backward(dy, x, num_groups, mean, rstd, weight, bias)
-    c = _check_channels_input(x, 2, "x")
-    groups = _check_groups(num_groups, c)
+    be, x, c = _channels_input(x, 2, "x")
+    groups = check_groups(num_groups, c)
     v.check_dy(dy, x)
-    mean = v.check_stats(mean, "mean", (x.shape[0], groups))
-    rstd = v.check_stats(rstd, "rstd", (x.shape[0], groups))
-    v.check_param(weight, "weight", (c,))
-    v.check_param(bias, "bias", (c,))
-    return _channel_backward(_gn.backward, dy, x, mean, rstd, weight, bias, True)
-
-
-def _channel_backward(driver, dy, x, mean, rstd, weight, bias, stats_grad, rows_2d=True):
-    """dx, dweight, dbias of a channel-wise family; ``rows_2d`` as the forward's layout
-    (False for BatchNorm, whose (N, C) input is channels-last; True for GroupNorm)."""
-    c = x.shape[1]
-    layout, x3 = _layout.channel_view(x, rows_2d=rows_2d)
-    dx3, dx = _layout.new_output(layout, x3, x.shape)
-    if x.size == 0:
-        dw, db = np.zeros(c), np.zeros(c)
-    else:
-        dy3 = _layout.like_view(layout, x3, dy)
-        dw, db = driver(layout, x3, dy3, dx3, mean, rstd, weight, stats_grad)
-    return (dx, None if weight is None else dw.astype(x.dtype), None if bias is None else db.astype(x.dtype))
+    mean = _stats(be, x, mean, "mean", (x.shape[0], groups))
+    rstd = _stats(be, x, rstd, "rstd", (x.shape[0], groups))
+    weight, bias = _params(be, x, (c,), weight=weight, bias=bias)
+    return _per_sample_backward(be.groupnorm.backward, be, dy, x, mean, rstd, weight, bias, True)
 
 
 def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
@@ -475,40 +473,33 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     D. Ulyanov, A. Vedaldi and V. Lempitsky, "Instance Normalization: The Missing
     Ingredient for Fast Stylization", 2016. arXiv:1607.08022
     """
-    if _is_cuda(x):
-        return _cuda.instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, out=out,
-                                   return_stats=return_stats)
-    c = _check_channels_input(x, 3)
-    _check_channel_params(c, running_mean, running_var, weight, bias)
+    be, x, c = _channels_input(x, 3)
+    running_mean, running_var, weight, bias = _params(be, x, (c,), running_mean=running_mean,
+                                                      running_var=running_var, weight=weight, bias=bias)
+    _running_pair(running_mean, running_var)
     if not use_input_stats and running_mean is None:
         raise ValueError("Expected running_mean and running_var to be defined when use_input_stats is False")
     eps = v.check_eps(eps)
+    n = x.shape[0]
     if use_input_stats:
         momentum = v.check_momentum(momentum, allow_none=False)
-        spatial = x.size // (x.shape[0] * c) if x.shape[0] * c else 0
+        spatial = x.size // (n * c) if n * c else 0
         if spatial <= 1:
-            raise ValueError(f"Expected more than 1 spatial element when training, got input size {x.shape}")
+            raise ValueError(f"Expected more than 1 spatial element when training, got input size {tuple(x.shape)}")
     v.check_out(out, x)
-    layout, x3 = _layout.channel_view(x)
     if x.size == 0:
-        return _empty_forward(x, out, (x.shape[0], c), 2, return_stats)
-    result = {}
-
-    def compute(y3):
-        if use_input_stats:
-            result["stats"] = _in.forward_train(layout, x3, y3, weight, bias, eps)
-        else:
-            result["stats"] = (None,) + _in.forward_eval(layout, x3, y3, running_mean, running_var,
-                                                         weight, bias, eps)
-
-    y = _finish(layout, x3, x, out, compute)
+        return _empty_forward(be, x, out, (n, c), return_stats)
+    layout, x3 = be.layout.channel_view(x)
+    y = be.layout.Output(layout, x3, x, out)
     if use_input_stats:
-        count, mean, var, rstd = result["stats"]
+        count, mean, var, rstd = be.instancenorm.forward(layout, x3, y.view, weight, bias, eps)
         if running_mean is not None:
-            # PyTorch averages the per-instance statistics over the batch.
-            _channels.update_running_stats(running_mean, running_var, mean, var, momentum, count)
+            _update_running(be, running_mean, running_var, mean, var, momentum, count)
     else:
-        _, mean, rstd = result["stats"]
+        # Running statistics are per channel: BatchNorm's evaluation pass.
+        _, rstd = be.batchnorm.normalize(layout, x3, y.view, running_mean, running_var, 1.0, weight, bias, eps)
+        mean, rstd = be.arrays.repeat_rows(running_mean, n), be.arrays.repeat_rows(rstd, n)
+    y = y.result()
     return (y, mean, rstd) if return_stats else y
 
 
@@ -518,12 +509,9 @@ def instance_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_
     Per (n, c) instance as for :func:`group_norm_backward` with one channel per group;
     without ``use_input_stats`` the statistics were constants: ``dx = dy * gamma * rstd``.
     """
-    if _is_cuda(x):
-        return _cuda.instance_norm_backward(dy, x, mean, rstd, weight, bias, use_input_stats)
-    c = _check_channels_input(x, 3, "x")
+    be, x, c = _channels_input(x, 3, "x")
     v.check_dy(dy, x)
-    mean = v.check_stats(mean, "mean", (x.shape[0], c))
-    rstd = v.check_stats(rstd, "rstd", (x.shape[0], c))
-    v.check_param(weight, "weight", (c,))
-    v.check_param(bias, "bias", (c,))
-    return _channel_backward(_in.backward, dy, x, mean, rstd, weight, bias, bool(use_input_stats))
+    mean = _stats(be, x, mean, "mean", (x.shape[0], c))
+    rstd = _stats(be, x, rstd, "rstd", (x.shape[0], c))
+    weight, bias = _params(be, x, (c,), weight=weight, bias=bias)
+    return _per_sample_backward(be.instancenorm.backward, be, dy, x, mean, rstd, weight, bias, use_input_stats)

@@ -119,15 +119,15 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     return y, mean, invstd, new_rm, new_rv
 
 
-def batch_norm_backward(dy, x, mean, invstd, weight=None, bias=None, training=True):
-    """Reference (dx, dweight, dbias); training=False treats mean/invstd as constants."""
+def batch_norm_backward(dy, x, mean, invstd, weight=None, bias=None, use_input_stats=True):
+    """Reference (dx, dweight, dbias); use_input_stats=False treats mean/invstd as constants."""
     dy, x = _f64(dy), _f64(x)
     shp = _chan_shape(x)
     axes = _bn_axes(x)
     rstd = _f64(invstd).reshape(shp)
     xhat = (x - _f64(mean).reshape(shp)) * rstd
     dxhat = dy if weight is None else dy * _f64(weight).reshape(shp)
-    if training:
+    if use_input_stats:
         dx = _normalized_backward(dxhat, xhat, rstd, axes)
     else:
         dx = dxhat * rstd
@@ -172,7 +172,7 @@ class RefBatchNorm:
     def backward(self, dy):
         x, mean, invstd, use_batch = self._saved
         return batch_norm_backward(dy, x, mean, invstd, self.weight, self.bias,
-                                   training=use_batch)
+                                   use_input_stats=use_batch)
 
 
 # ----------------------------------------------------------------------------

@@ -115,8 +115,8 @@ def test_functional_train_and_backward(rng, dtype, shape):
     assert_close(rv, erv, tol, name="running_var")
 
     dy = rng.standard_normal(shape).astype(dtype)
-    dx, dw, db = F.batch_norm_backward(dy, x, mean, invstd, w, b, training=True)
-    edx, edw, edb = ref.batch_norm_backward(dy, x, emean, einvstd, w, b, training=True)
+    dx, dw, db = F.batch_norm_backward(dy, x, mean, invstd, w, b, use_input_stats=True)
+    edx, edw, edb = ref.batch_norm_backward(dy, x, emean, einvstd, w, b, use_input_stats=True)
     assert dx.dtype == dtype and dx.shape == x.shape
     assert_close(dx, edx, tol, name="dx")
     assert_close(dw, edw, tol, name="dweight")
@@ -136,8 +136,8 @@ def test_functional_eval_and_backward(rng, dtype):
     assert np.array_equal(rm, rm0) and np.array_equal(rv, rv0), "eval must not touch running stats"
 
     dy = rng.standard_normal(x.shape).astype(dtype)
-    dx, dw, db = F.batch_norm_backward(dy, x, emean, einvstd, w, b, training=False)
-    edx, edw, edb = ref.batch_norm_backward(dy, x, emean, einvstd, w, b, training=False)
+    dx, dw, db = F.batch_norm_backward(dy, x, emean, einvstd, w, b, use_input_stats=False)
+    edx, edw, edb = ref.batch_norm_backward(dy, x, emean, einvstd, w, b, use_input_stats=False)
     assert_close(dx, edx, tol, name="dx")
     assert_close(dw, edw, tol, name="dweight")
     assert_close(db, edb, tol, name="dbias")
@@ -158,13 +158,13 @@ def test_functional_affine_none(rng):
     y, mean, invstd = F.batch_norm(x, None, None, training=True, return_stats=True)
     ey, emean, einvstd, _, _ = ref.batch_norm(x, None, None, None, None, True)
     assert_close(y, ey, 1e-10)
-    dx, dw, db = F.batch_norm_backward(dy, x, mean, invstd, training=True)
+    dx, dw, db = F.batch_norm_backward(dy, x, mean, invstd, use_input_stats=True)
     assert dw is None and db is None
     assert_close(dx, ref.batch_norm_backward(dy, x, emean, einvstd)[0], 1e-10, name="dx")
     # weight without bias: dbias is None, dweight computed
     y = F.batch_norm(x, None, None, w, None, training=True)
     assert_close(y, ref.batch_norm(x, None, None, w, None, True)[0], 1e-10)
-    dx, dw, db = F.batch_norm_backward(dy, x, mean, invstd, w, None, training=True)
+    dx, dw, db = F.batch_norm_backward(dy, x, mean, invstd, w, None, use_input_stats=True)
     edx, edw, _ = ref.batch_norm_backward(dy, x, emean, einvstd, w, None)
     assert db is None
     assert_close(dx, edx, 1e-10, name="dx")
@@ -206,7 +206,7 @@ def test_fd_functional_training(rng):
 
     _, mean, invstd = F.batch_norm(x, None, None, w, b, training=True, eps=1e-3,
                                    return_stats=True)
-    dx, dw, db = F.batch_norm_backward(g, x, mean, invstd, w, b, training=True)
+    dx, dw, db = F.batch_norm_backward(g, x, mean, invstd, w, b, use_input_stats=True)
     _check_fd(f, {"x": x, "weight": w, "bias": b}, {"x": dx, "weight": dw, "bias": db}, g)
 
 
@@ -219,7 +219,7 @@ def test_fd_functional_eval(rng):
     def f(x, weight, bias):
         return F.batch_norm(x, rm.copy(), rv.copy(), weight, bias, training=False)
 
-    dx, dw, db = F.batch_norm_backward(g, x, rm, 1.0 / np.sqrt(rv + 1e-5), w, b, training=False)
+    dx, dw, db = F.batch_norm_backward(g, x, rm, 1.0 / np.sqrt(rv + 1e-5), w, b, use_input_stats=False)
     _check_fd(f, {"x": x, "weight": w, "bias": b}, {"x": dx, "weight": dw, "bias": db}, g)
 
 
@@ -548,7 +548,7 @@ def test_large_mean_small_std_float32_functional(rng):
     assert_close(y, ey, 0.0, atol=1e-3, name="y (float32, mean 1e4, std 1e-2)")
     assert_close(invstd, einvstd, 1e-6, name="invstd")
     dy = rng.standard_normal(shape).astype(np.float32)
-    dx, dw, db = F.batch_norm_backward(dy, x, mean, invstd, w, b, training=True)
+    dx, dw, db = F.batch_norm_backward(dy, x, mean, invstd, w, b, use_input_stats=True)
     edx, edw, edb = ref.batch_norm_backward(dy, x, emean, einvstd, w, b)
     assert_close(dx, edx, 1e-3, atol=0.0, name="dx")
     assert_close(dw, edw, 1e-3, atol=0.0, name="dweight")

@@ -23,7 +23,8 @@ def test_every_dispatcher_uses_configured_flags():
     _all_kernel_modules()
     dispatchers = _jit.all_dispatchers()
     assert len(dispatchers) >= 20
-    allowed = {frozenset(config.FASTMATH_REDUCE), frozenset(config.FASTMATH_ELEMENTWISE)}
+    allowed = {frozenset(config.FASTMATH_REDUCE), frozenset(config.FASTMATH_ELEMENTWISE),
+               frozenset(config.FASTMATH_DX)}
     for d in dispatchers:
         flags = d.targetoptions["fastmath"]
         flag_set = frozenset(flags.flags) if hasattr(flags, "flags") else frozenset(flags)
@@ -35,6 +36,9 @@ def test_every_dispatcher_uses_configured_flags():
 def test_configured_sets_never_drop_nan_checks():
     assert not config.FASTMATH_REDUCE & FORBIDDEN
     assert not config.FASTMATH_ELEMENTWISE & FORBIDDEN
+    assert not config.FASTMATH_DX & FORBIDDEN
+    # contract would fuse a*dy - mean(a*dy) into an fma that keeps a*dy's rounding error
+    assert not config.FASTMATH_DX & {"reassoc", "contract"}
     # reassoc would fold the hi/lo mean subtraction back into one rounding
     assert "reassoc" not in config.FASTMATH_ELEMENTWISE
     assert "reassoc" in config.FASTMATH_REDUCE

@@ -83,7 +83,7 @@ def test_return_stats_shapes_and_dtypes():
     assert mean.shape == rstd.shape == (4, 6)
     _, mean, rstd = F.layer_norm(x, 5, return_stats=True)
     assert mean.shape == rstd.shape == (4, 6)
-    _, rstd = F.rms_norm(x, (6, 5), return_stats=True)
+    _, _, rstd = F.rms_norm(x, (6, 5), return_stats=True)
     assert rstd.shape == (4,)
     mean_square = (x.astype(np.float64) ** 2).mean(axis=(1, 2))
     np.testing.assert_allclose(rstd, 1 / np.sqrt(mean_square + np.finfo(np.float32).eps), rtol=1e-12)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from numbanorm import _layout
+from numbanorm.kernels.cpu import layout as _layout
 
 
 def test_contiguous_is_a_view():

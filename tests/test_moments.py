@@ -19,7 +19,7 @@ def _ref(x):
 def test_slice_moments_matches_two_pass_reference(n, dtype):
     rng = np.random.default_rng(n)
     x = (rng.standard_normal(n) * 3 + 5).astype(dtype)
-    count, mean, m2 = M.slice_moments(x, 1024, config.SHIFT_RATIO_MAX)
+    count, mean, m2 = M.slice_moments(x, 1024, config.SHIFT_RATIO_MAX, True)
     rc, rmean, rm2 = _ref(x)
     assert count == rc
     np.testing.assert_allclose(mean, rmean, rtol=1e-13)
@@ -30,7 +30,7 @@ def test_slice_moments_far_from_zero_float32():
     # mean 1e4, std 1e-2 in float32: E[x^2]-E[x]^2 would lose every digit here.
     rng = np.random.default_rng(0)
     x = (1e4 + 1e-2 * rng.standard_normal(9000)).astype(np.float32)
-    _, mean, m2 = M.slice_moments(x, 512, config.SHIFT_RATIO_MAX)
+    _, mean, m2 = M.slice_moments(x, 512, config.SHIFT_RATIO_MAX, True)
     _, rmean, rm2 = _ref(x)
     assert abs(mean - rmean) < 1e-9
     np.testing.assert_allclose(m2 / x.size, rm2 / x.size, rtol=1e-9)
@@ -38,7 +38,7 @@ def test_slice_moments_far_from_zero_float32():
 
 def test_constant_slice_has_zero_m2():
     x = np.full(5000, 1234.5, np.float32)
-    count, mean, m2 = M.slice_moments(x, 1000, config.SHIFT_RATIO_MAX)
+    count, mean, m2 = M.slice_moments(x, 1000, config.SHIFT_RATIO_MAX, True)
     assert (count, mean, m2) == (5000.0, 1234.5, 0.0)
 
 

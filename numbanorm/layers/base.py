@@ -19,8 +19,9 @@ class NormBase:
     """Owns a layer's parameters (``weight``, ``bias``), buffers (running statistics),
     training flag, gradients, state dict and dtype.
 
-    Subclasses set ``_param_shape`` in ``__init__`` before calling :meth:`_init_state`
-    and implement ``forward``, ``backward`` and ``extra_repr``. Parameters and
+    Subclasses call :meth:`_init_state` in ``__init__`` and implement ``forward`` (which
+    keeps what backward needs in ``self._saved``), ``_backward(saved, dy)`` returning
+    ``(dx, dweight, dbias)``, and ``extra_repr``. Parameters and
     buffers are NumPy arrays; ``state_dict()`` uses PyTorch's keys, so the arrays of
     a PyTorch checkpoint load unchanged.
     """
@@ -104,13 +105,29 @@ class NormBase:
     def __call__(self, x):
         return self.forward(x)
 
-    def _saved_for_backward(self, dy):
+    def backward(self, dy):
+        """Return dL/dx for the last forward input; set ``grad_weight`` and ``grad_bias``.
+
+        What forward keeps for this: a reference to its input ``x`` (not a copy) and the
+        float64 statistics it used (the mean and rstd, one per normalized group). dx is
+        computed from ``x`` read again, so ``x`` must hold the same values: changing it
+        in place between forward and backward gives wrong gradients without an error
+        (NumPy arrays have no version counter that would tell, unlike PyTorch tensors).
+        Parameters are read at backward time too, as PyTorch reads them in autograd.
+
+        Raises
+        ------
+        RuntimeError
+            Called before any forward.
+        TypeError, ValueError
+            ``dy`` of another shape, dtype or device than the forward input.
+        """
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward() called before forward(): "
                                "call the layer on an input first")
-        x = self._saved["x"]
-        v.check_dy(dy, x)
-        return self._saved
+        dx, dweight, dbias = self._backward(self._saved, dy)
+        self._store_grads(dweight, dbias)
+        return dx
 
     def _store_grads(self, dweight, dbias):
         self.grad_weight = None if dweight is None else _device.astype(dweight, self.weight.dtype, copy=False)

@@ -106,7 +106,7 @@ class _BatchNorm(_NormWithRunningStats):
         self._check_input(x)
         update = self.training and self.track_running_stats
         use_running = not self.training or self.track_running_stats
-        y, mean, invstd = F.batch_norm(
+        y, mean, rstd = F.batch_norm(
             x,
             self.running_mean if use_running else None,
             self.running_var if use_running else None,
@@ -119,17 +119,13 @@ class _BatchNorm(_NormWithRunningStats):
         )
         if update:
             self.num_batches_tracked += 1
-        self._saved = {"x": x, "mean": mean, "invstd": invstd,
-                       "batch_stats": self.training or self.running_mean is None}
+        self._saved = {"x": x, "mean": mean, "rstd": rstd,
+                       "use_input_stats": self.training or self.running_mean is None}
         return y
 
-    def backward(self, dy):
-        """Return dL/dx for the last forward input; set ``grad_weight`` and ``grad_bias``."""
-        saved = self._saved_for_backward(dy)
-        dx, dw, db = F.batch_norm_backward(dy, saved["x"], saved["mean"], saved["invstd"], self.weight,
-                                           self.bias, training=saved["batch_stats"])
-        self._store_grads(dw, db)
-        return dx
+    def _backward(self, saved, dy):
+        return F.batch_norm_backward(dy, saved["x"], saved["mean"], saved["rstd"], self.weight, self.bias,
+                                     use_input_stats=saved["use_input_stats"])
 
 
 class BatchNorm1d(_BatchNorm):

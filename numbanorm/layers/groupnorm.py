@@ -46,7 +46,7 @@ class GroupNorm(NormBase):
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32, *, bias=True):
         super().__init__(dtype)
         self.num_channels = check_num_features(num_channels, "num_channels")
-        self.num_groups = F._check_groups(num_groups, self.num_channels)
+        self.num_groups = F.check_groups(num_groups, self.num_channels)
         self.eps = v.check_eps(eps)
         self.affine = bool(affine)
         self._init_state((self.num_channels,), weight=self.affine, bias=self.affine and bool(bias))
@@ -65,13 +65,9 @@ class GroupNorm(NormBase):
         self._saved = {"x": x, "mean": mean, "rstd": rstd}
         return y
 
-    def backward(self, dy):
-        """Return dL/dx for the last forward input; set ``grad_weight`` and ``grad_bias``."""
-        s = self._saved_for_backward(dy)
-        dx, dw, db = F.group_norm_backward(dy, s["x"], self.num_groups, s["mean"], s["rstd"],
-                                           self.weight, self.bias)
-        self._store_grads(dw, db)
-        return dx
+    def _backward(self, saved, dy):
+        return F.group_norm_backward(dy, saved["x"], self.num_groups, saved["mean"], saved["rstd"],
+                                     self.weight, self.bias)
 
     def extra_repr(self):
         return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "

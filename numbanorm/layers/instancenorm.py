@@ -4,11 +4,22 @@ import warnings
 
 import numpy as np
 
+from .. import _device
 from .. import _validation as v
 from .. import functional as F
 from .batchnorm import _NormWithRunningStats
 
 __all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
+
+
+def _add_batch(a):
+    """``a`` with a leading batch axis of 1 (a view where the array type allows)."""
+    return _device.backend(a).arrays.add_batch_axis(a)
+
+
+def _drop_batch(a):
+    """``a`` without its leading batch axis of 1, as a view."""
+    return a[0]
 
 
 class _InstanceNorm(_NormWithRunningStats):
@@ -65,26 +76,25 @@ class _InstanceNorm(_NormWithRunningStats):
     def forward(self, x):
         self._check_input(x)
         unbatched = x.ndim == self._batched_ndim - 1
-        xb = x[None] if unbatched else x
+        xb = _add_batch(x) if unbatched else x
         use_input_stats = self.training or not self.track_running_stats
         y, mean, rstd = F.instance_norm(
             xb, self.running_mean, self.running_var, self.weight, self.bias,
             use_input_stats=use_input_stats,
             momentum=0.0 if self.momentum is None else self.momentum,
             eps=self.eps, return_stats=True)
-        self._saved = {"x": xb, "mean": mean, "rstd": rstd, "use_input_stats": use_input_stats,
-                       "unbatched": unbatched}
-        return y[0] if unbatched else y
+        self._saved = {"x": x, "mean": mean, "rstd": rstd, "use_input_stats": use_input_stats}
+        return _drop_batch(y) if unbatched else y
 
-    def backward(self, dy):
-        """Return dL/dx for the last forward input; set ``grad_weight`` and ``grad_bias``."""
-        if self._saved is not None and self._saved["unbatched"] and isinstance(dy, np.ndarray):
-            dy = dy[None]
-        s = self._saved_for_backward(dy)
-        dx, dw, db = F.instance_norm_backward(dy, s["x"], s["mean"], s["rstd"], self.weight, self.bias,
-                                              use_input_stats=s["use_input_stats"])
-        self._store_grads(dw, db)
-        return dx[0] if s["unbatched"] else dx
+    def _backward(self, saved, dy):
+        x = saved["x"]
+        unbatched = x.ndim == self._batched_ndim - 1
+        if unbatched:
+            v.check_dy(dy, x)  # against the input as given, before the batch axis is added
+            x, dy = _add_batch(x), _add_batch(dy)
+        dx, dw, db = F.instance_norm_backward(dy, x, saved["mean"], saved["rstd"], self.weight, self.bias,
+                                              use_input_stats=saved["use_input_stats"])
+        return (_drop_batch(dx) if unbatched else dx), dw, db
 
 
 class InstanceNorm1d(_InstanceNorm):

@@ -9,12 +9,7 @@ from .base import NormBase
 __all__ = ["LayerNorm", "RMSNorm"]
 
 
-class _TrailingNorm(NormBase):
-    """Shared by LayerNorm and RMSNorm: the functional call checks the input (trailing dims
-    against ``normalized_shape``, dtype) before anything runs; the layer keeps (x, stats)."""
-
-
-class LayerNorm(_TrailingNorm):
+class LayerNorm(NormBase):
     r"""Layer normalization (Ba, Kiros & Hinton, 2016).
 
     .. math::
@@ -61,20 +56,16 @@ class LayerNorm(_TrailingNorm):
         self._saved = {"x": x, "mean": mean, "rstd": rstd}
         return y
 
-    def backward(self, dy):
-        """Return dL/dx for the last forward input; set ``grad_weight`` and ``grad_bias``."""
-        s = self._saved_for_backward(dy)
-        dx, dw, db = F.layer_norm_backward(dy, s["x"], self.normalized_shape, s["mean"], s["rstd"],
-                                           self.weight, self.bias)
-        self._store_grads(dw, db)
-        return dx
+    def _backward(self, saved, dy):
+        return F.layer_norm_backward(dy, saved["x"], self.normalized_shape, saved["mean"], saved["rstd"],
+                                     self.weight, self.bias)
 
     def extra_repr(self):
         return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
                 f"bias={self.bias is not None}")
 
 
-class RMSNorm(_TrailingNorm):
+class RMSNorm(NormBase):
     r"""Root mean square layer normalization (Zhang & Sennrich, 2019).
 
     .. math::
@@ -108,16 +99,12 @@ class RMSNorm(_TrailingNorm):
         self._init_state(self.normalized_shape, weight=self.elementwise_affine)
 
     def forward(self, x):
-        y, rstd = F.rms_norm(x, self.normalized_shape, self.weight, self.eps, return_stats=True)
+        y, _, rstd = F.rms_norm(x, self.normalized_shape, self.weight, self.eps, return_stats=True)
         self._saved = {"x": x, "rstd": rstd}
         return y
 
-    def backward(self, dy):
-        """Return dL/dx for the last forward input; set ``grad_weight``."""
-        s = self._saved_for_backward(dy)
-        dx, dw, _ = F.rms_norm_backward(dy, s["x"], self.normalized_shape, s["rstd"], self.weight)
-        self._store_grads(dw, None)
-        return dx
+    def _backward(self, saved, dy):
+        return F.rms_norm_backward(dy, saved["x"], self.normalized_shape, saved["rstd"], self.weight)
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

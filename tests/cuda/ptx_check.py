@@ -37,7 +37,7 @@ from numba.core import types as nt  # noqa: E402
 # stand in one of compute capability CC (compile_ptx below targets the same).
 _dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=CC)
 
-from numbanorm.kernels.cuda import _jit, batchnorm, channels, groupnorm, layernorm, layout, moments  # noqa: E402, F401
+from numbanorm.kernels.cuda import _jit, arrays, batchnorm, channels, groupnorm, layernorm, layout, moments  # noqa: E402, F401,E501
 
 f64, i64, b1 = nt.float64, nt.int64, nt.boolean
 
@@ -52,20 +52,22 @@ def signatures(t, w):
     W1 = arr(w, 1)
     F1, F2 = arr(f64, 1), arr(f64, 2)
     yield moments.partial_moments, (T3, b1, b1, i64, F2, F2, F2)
-    yield moments.merge_moments, (F2, F2, F2, f64, b1, F1, F1, F1)
-    yield channels._stats_from_running, (W1, W1, f64, F2, F2)
+    yield moments.merge_moments, (F2, F2, F2, b1, F1, F1, F1)
+    yield moments.finish_stats, (W1, W1, f64, f64, F1, F1, F1)
     yield channels._update_running, (F2, F2, f64, f64, W1, W1)
     yield channels._forward_coefs, (F2, F2, i64, W1, W1, T2, T2, T2, T2)
     yield channels._normalize, (T3, T3, T2, T2, T2, T2)
     yield channels._partial_grad_sums, (T3, T3, F2, i64, b1, i64, F2, F2)
     yield channels.sum_partials, (F2, F2, F1, F1)
-    yield channels._backward_coefs, (F2, F2, F2, F2, i64, W1, f64, b1, T2, T2, T2, T2, T2)
-    yield channels._param_grads, (F2, F2, F2, i64, T1, T1)
-    yield channels._apply_dx, (T3, T3, T3, T2, T2, T2, T2, T2)
-    yield layernorm._rows_forward, (T2, T2, T1, T1, f64, b1, F1, F1)
+    yield channels._dx_coefs, (F2, F2, F2, F2, i64, F1, f64, b1, F2, F2, F2, F2, F2)
+    yield channels._param_grads, (F2, F2, F2, i64, F1, F1)
+    yield channels._apply_dx, (T3, T3, T3, F2, F2, F2, F2, F2)
+    yield layernorm._normalize_rows, (T2, T2, T2, T2, T2, T1, T1)
     yield layernorm._rows_backward, (T2, T2, T2, T1, F1, F1, b1)
     yield layernorm._column_partials, (T2, T2, F1, F1, i64, F2, F2)
-    yield channels.sum_partials, (F2, F2, T1, T1)
+    yield arrays._fill, (F1, f64)
+    yield arrays._fill, (T1, f64)
+    yield arrays._repeat_rows, (W1, F2)
     for ndim, kern in layout._COPIES.items():
         yield kern, (arr(t, ndim, "A"), arr(w, ndim))
 

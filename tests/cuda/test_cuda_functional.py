@@ -63,9 +63,9 @@ def test_batch_norm_train(cuda, rng, dtype, shape, affine):
     check(rm_d, rm, np.float32, "running_mean", scale=2)
     check(rv_d, rv, np.float32, "running_var", scale=2)
 
-    dx, dw, db = F.batch_norm_backward(dy, x, mean, invstd, w, b, training=True)
+    dx, dw, db = F.batch_norm_backward(dy, x, mean, invstd, w, b, use_input_stats=True)
     dx_d, dw_d, db_d = F.batch_norm_backward(dev(cuda, dy), dev(cuda, x), mean_d, invstd_d, dev(cuda, w),
-                                             dev(cuda, b), training=True)
+                                             dev(cuda, b), use_input_stats=True)
     check(dx_d, dx, dtype, "dx", scale=10)
     check(dw_d, dw, dtype, "dweight", scale=10)
     check(db_d, db, dtype, "dbias", scale=10)
@@ -82,9 +82,9 @@ def test_batch_norm_eval_and_no_running_stats(cuda, rng, dtype):
                                          training=False, return_stats=True)
     check(y_d, y, dtype, "y eval")
     check(invstd_d, invstd, np.float64, "invstd eval")
-    dx, dw, db = F.batch_norm_backward(dy, x, mean, invstd, w, b, training=False)
+    dx, dw, db = F.batch_norm_backward(dy, x, mean, invstd, w, b, use_input_stats=False)
     got = F.batch_norm_backward(dev(cuda, dy), dev(cuda, x), mean_d, invstd_d, dev(cuda, w), dev(cuda, b),
-                                training=False)
+                                use_input_stats=False)
     for g, e, name in zip(got, (dx, dw, db), ("dx", "dweight", "dbias"), strict=True):
         check(g, e, dtype, name + " eval", scale=10)
     # No running statistics: batch statistics even when not training.
@@ -120,8 +120,9 @@ def test_rms_norm(cuda, rng, dtype, eps):
     x = rng.normal(1.0, 2.0, (3, 2, 9)).astype(dtype)
     dy = rng.normal(size=x.shape).astype(dtype)
     w = rng.normal(1, 0.5, 9).astype(dtype)
-    y, rstd = F.rms_norm(x, 9, w, eps, return_stats=True)
-    y_d, rstd_d = F.rms_norm(dev(cuda, x), 9, dev(cuda, w), eps, return_stats=True)
+    y, _, rstd = F.rms_norm(x, 9, w, eps, return_stats=True)
+    y_d, mean_d, rstd_d = F.rms_norm(dev(cuda, x), 9, dev(cuda, w), eps, return_stats=True)
+    assert mean_d is None
     check(y_d, y, dtype, "y")
     check(rstd_d, rstd, np.float64, "rstd")
     got = F.rms_norm_backward(dev(cuda, dy), dev(cuda, x), 9, rstd_d, dev(cuda, w))
@@ -238,22 +239,32 @@ def test_channels_last_input_keeps_layout(cuda, rng, op):
 
 
 def test_out_and_host_parameters(cuda, rng):
-    """``out=`` device arrays are written and returned; NumPy parameters and running
-    statistics are accepted with device input (running stats updated in place)."""
+    """``out=`` device arrays are written and returned; NumPy parameters, running statistics
+    or ``out`` with a device input are rejected before anything runs (no hidden per-call copies)."""
     x = rng.normal(size=(3, 2, 4))
     w, b = params(rng, 2, np.float32)
     rm, rv = np.zeros(2, np.float32), np.ones(2, np.float32)
     rm_cpu, rv_cpu = rm.copy(), rv.copy()
     out = cuda.device_array(x.shape, x.dtype)
     y = F.batch_norm(x, rm_cpu, rv_cpu, w, b, training=True)
-    got = F.batch_norm(dev(cuda, x), rm, rv, w, b, training=True, out=out)
+    rm_d, rv_d = dev(cuda, rm), dev(cuda, rv)
+    got = F.batch_norm(dev(cuda, x), rm_d, rv_d, dev(cuda, w), dev(cuda, b), training=True, out=out)
     assert got is out
     check(out, y, np.float64, "y")
-    assert_close(rm, rm_cpu, 1e-6, name="running_mean")
-    assert_close(rv, rv_cpu, 1e-6, name="running_var")
+    assert_close(host(rm_d), rm_cpu, 1e-6, name="running_mean")
+    assert_close(host(rv_d), rv_cpu, 1e-6, name="running_var")
     out = cuda.device_array(x.shape, x.dtype)
     assert F.layer_norm(dev(cuda, x), 4, out=out) is out
     check(out, F.layer_norm(x, 4), np.float64, "layer_norm out")
+    x_d = dev(cuda, x)
+    for kwargs, name in (({"weight": w}, "weight"), ({"running_mean": rm, "running_var": rv}, "running_mean")):
+        with pytest.raises(TypeError, match=f"{name} must be a CUDA device array like the input"):
+            F.batch_norm(x_d, training=True, **{"running_mean": None, "running_var": None, **kwargs})
+    np.testing.assert_array_equal(rm, np.zeros(2, np.float32))
+    with pytest.raises(TypeError, match="out must be a CUDA device array"):
+        F.layer_norm(x_d, 4, out=np.empty(x.shape))
+    with pytest.raises(ValueError, match="overlap"):
+        F.layer_norm(x_d, 4, out=x_d)
 
 
 def test_mixed_dtypes(cuda, rng):

@@ -7,7 +7,7 @@ from numba.extending import overload
 
 from ... import config
 
-__all__ = ["reduce_helper", "elementwise_helper", "kernel", "Kernel", "all_dispatchers", "cast_like"]
+__all__ = ["reduce_helper", "elementwise_helper", "dx_helper", "kernel", "Kernel", "all_dispatchers", "cast_like"]
 
 #: Every dispatcher compiled through this module, for flag checks in the tests.
 _DISPATCHERS = []
@@ -19,16 +19,22 @@ def _register(dispatcher, flags):
     return dispatcher
 
 
-def reduce_helper(func):
-    """Compile a serial reduction helper with ``config.FASTMATH_REDUCE``."""
-    flags = set(config.FASTMATH_REDUCE)
-    return _register(numba.njit(fastmath=flags, cache=config.CACHE, nogil=True)(func), flags)
+def _helper(flag_set, doc):
+    def compile_helper(func):
+        flags = set(flag_set)
+        return _register(numba.njit(fastmath=flags, cache=config.CACHE, nogil=True)(func), flags)
+
+    compile_helper.__doc__ = doc
+    return compile_helper
 
 
-def elementwise_helper(func):
-    """Compile a serial element-wise helper with ``config.FASTMATH_ELEMENTWISE``."""
-    flags = set(config.FASTMATH_ELEMENTWISE)
-    return _register(numba.njit(fastmath=flags, cache=config.CACHE, nogil=True)(func), flags)
+#: Compile a serial reduction helper with ``config.FASTMATH_REDUCE``.
+reduce_helper = _helper(config.FASTMATH_REDUCE, "Compile a serial reduction helper with config.FASTMATH_REDUCE.")
+#: Compile a serial element-wise helper with ``config.FASTMATH_ELEMENTWISE``.
+elementwise_helper = _helper(config.FASTMATH_ELEMENTWISE,
+                             "Compile a serial element-wise helper with config.FASTMATH_ELEMENTWISE.")
+#: Compile a serial dx helper with ``config.FASTMATH_DX``.
+dx_helper = _helper(config.FASTMATH_DX, "Compile a serial dx helper with config.FASTMATH_DX.")
 
 
 class Kernel:

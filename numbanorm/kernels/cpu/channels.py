@@ -11,6 +11,7 @@ Input arrives as a C-contiguous 3-D view in one of two layouts:
 Statistics are gathered per (n, c) slice, or per channel, and combined with the
 moments primitive's Chan merge; parameters and dx coefficients come as (P, C)
 arrays with P = 1 (per channel, BatchNorm) or P = N (per sample and channel).
+Statistics and dx coefficients are float64; forward params are packed in x's dtype.
 """
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from ... import _memory
 from .elementwise import dx_planes, dx_rows, normalize_planes, normalize_rows, pack_affine, pack_dx, update_running
 from .moments import _plan_chunks, column_moments, merge, row_moments
+from .params import param
 from .sums import column_grad_sums, row_grad_sums
 
 __all__ = [
@@ -29,7 +31,6 @@ __all__ = [
     "apply_dx",
     "apply_dx_packed",
     "update_running_stats",
-    "per_channel64",
 ]
 
 
@@ -38,7 +39,7 @@ def _rows2(mean):
     return mean.reshape(1, -1) if mean.ndim == 1 else mean
 
 
-def _planes(layout, x3, per_sample):
+def _planes(x3, per_sample):
     """The (B, R, C) plane view for channels-last passes: one plane unless per sample."""
     if per_sample:
         return x3
@@ -48,8 +49,8 @@ def _planes(layout, x3, per_sample):
 def channel_moments(layout, x3):
     """Per-channel (count, mean (C,), M2 (C,)) over samples and positions."""
     if layout == "cl":
-        count, mean, m2 = column_moments(_planes(layout, x3, False))
-        return count * 1.0, mean[0], m2[0]
+        count, mean, m2 = column_moments(_planes(x3, False))
+        return count, mean[0], m2[0]
     n, c, s = x3.shape
     _, mean, m2 = row_moments(x3.reshape(n * c, s))
     # Each (n, c) row holds s values: merge the N rows of a channel with Chan.
@@ -66,13 +67,6 @@ def instance_moments(layout, x3):
     return count, mean.reshape(n, c), m2.reshape(n, c)
 
 
-def per_channel64(values, channels, fill):
-    """A (C,) float64 parameter, or ``fill`` everywhere when it is None."""
-    if values is None:
-        return np.full(channels, fill)
-    return np.asarray(values, dtype=np.float64)
-
-
 def normalize(layout, x3, y3, mean, rstd, weight=None, bias=None):
     """``y = (x - mean) * rstd * weight + bias``.
 
@@ -82,7 +76,7 @@ def normalize(layout, x3, y3, mean, rstd, weight=None, bias=None):
     mean, rstd = _rows2(mean), _rows2(rstd)
     channels = mean.shape[1]
     q = _memory.empty((3,) + mean.shape, x3.dtype, work=x3.size)
-    pack_affine(mean, rstd, per_channel64(weight, channels, 1.0), per_channel64(bias, channels, 0.0), q)
+    pack_affine(mean, rstd, param(weight, channels, 1.0), param(bias, channels, 0.0), q)
     normalize_packed(layout, x3, y3, q)
 
 
@@ -92,7 +86,7 @@ def normalize_packed(layout, x3, y3, q):
         normalize_rows(x3.size, x3, y3, q)
         return
     per_sample = q.shape[1] > 1
-    xp, yp = _planes(layout, x3, per_sample), _planes(layout, y3, per_sample)
+    xp, yp = _planes(x3, per_sample), _planes(y3, per_sample)
     rows_per_chunk, nchunks = _plan_chunks(*xp.shape)
     normalize_planes(xp.size, xp, yp, q, rows_per_chunk, nchunks)
 
@@ -102,7 +96,7 @@ def grad_sums(layout, x3, dy3, mean):
     mean = _rows2(mean)
     per_sample = mean.shape[0] > 1
     if layout == "cl":
-        return column_grad_sums(_planes(layout, x3, per_sample), _planes(layout, dy3, per_sample), mean)
+        return column_grad_sums(_planes(x3, per_sample), _planes(dy3, per_sample), mean)
     n, c, s = x3.shape
     row_mean = mean.reshape(n * c) if per_sample else np.tile(mean[0], n)
     s_dy, s_dyx = row_grad_sums(x3.reshape(n * c, s), dy3.reshape(n * c, s), row_mean)
@@ -112,21 +106,21 @@ def grad_sums(layout, x3, dy3, mean):
     return s_dy.sum(axis=0, keepdims=True), s_dyx.sum(axis=0, keepdims=True)
 
 
-def apply_dx(layout, x3, dy3, dx3, mean, a, b, c):
-    """``dx = a * dy + c * (x - mean) + b`` with float64 (C,) or (N, C) coefficients."""
-    mean = _rows2(mean)
-    q = _memory.empty((4,) + mean.shape, x3.dtype, work=x3.size)
-    pack_dx(mean, *(np.broadcast_to(_rows2(v), mean.shape) for v in (a, b, c)), q)
+def apply_dx(layout, x3, dy3, dx3, m, a, b, c, s):
+    """``dx = s * ((a * dy - b) - (x - m) * c)`` with float64 (C,) or (N, C) coefficients."""
+    m = _rows2(m)
+    q = _memory.empty((5,) + m.shape, work=x3.size)
+    pack_dx(m, *(np.broadcast_to(_rows2(v), m.shape) for v in (a, b, c, s)), q)
     apply_dx_packed(layout, x3, dy3, dx3, q)
 
 
 def apply_dx_packed(layout, x3, dy3, dx3, q):
-    """``dx = q[1] * dy + q[3] * (x - q[0]) + q[2]`` with packed (4, P, C) coefficients in x's dtype."""
+    """``dx = q[4] * ((q[1] * dy - q[2]) - (x - q[0]) * q[3])`` with float64 (5, P, C) coefficients."""
     if layout == "cf":
         dx_rows(x3.size, x3, dy3, dx3, q)
         return
     per_sample = q.shape[1] > 1
-    xp, dyp, dxp = (_planes(layout, v, per_sample) for v in (x3, dy3, dx3))
+    xp, dyp, dxp = (_planes(v, per_sample) for v in (x3, dy3, dx3))
     rows_per_chunk, nchunks = _plan_chunks(*xp.shape)
     dx_planes(xp.size, xp, dyp, dxp, q, rows_per_chunk, nchunks)
 

@@ -1,8 +1,8 @@
-"""Element-wise normalize and dx loops, compiled without ``reassoc``.
+"""Element-wise normalize and dx loops.
 
-The mean is split into a hi/lo pair: for float32 data ``mean_hi`` is the float32
-nearest the float64 mean and ``mean_lo = mean - mean_hi`` the part that rounding
-lost. The output is formed as ``(x - mean_hi) * scale + shift'`` with
+Forward: the mean is split into a hi/lo pair: for float32 data ``mean_hi`` is the
+float32 nearest the float64 mean and ``mean_lo = mean - mean_hi`` the part that
+rounding lost. The output is formed as ``(x - mean_hi) * scale + shift'`` with
 ``shift' = shift - mean_lo * scale`` computed in float64 when the parameters are
 packed: ``x - mean_hi`` is exact (Sterbenz) wherever the cancellation is severe and
 the fused multiply-add rounds once, so the result carries the mean at about twice
@@ -10,23 +10,29 @@ float32 precision at no extra cost per element. It is never ``x * scale + shift'
 which cancels for data far from zero. ``reassoc`` could reorder these expressions,
 so the loops use ``config.FASTMATH_ELEMENTWISE``.
 
-Backward has the same shape: ``dx = a * dy + c * (x - mean_hi) + b'`` with per-slice
-coefficients from the gradient sums and ``b' = b - c * mean_lo``.
+Backward: ``dx = s * ((a * dy - b) - (x - m) * c)`` with float64 coefficients per
+slice (or per column) and the bracket evaluated in float64, rounded once at the
+store: ``a * dy - b`` is ``g - mean(g)`` with ``g = a * dy`` (``a`` the weight where
+it varies inside a group, else 1) and ``(x - m) * c`` is ``xhat * mean(g * xhat)``.
+A group of one element (LayerNorm over one value) then gives exactly
+``g - g = 0``: the dx helpers are compiled with ``config.FASTMATH_DX``, without
+``contract``, which would fuse ``a * dy - b`` into one multiply-add that keeps the
+product's rounding error.
 """
 
 import numpy as np
 from numba import prange
 
-from ._jit import elementwise_helper, kernel
+from ._jit import cast_like, dx_helper, elementwise_helper, kernel
 
 __all__ = [
     "normalize_slice",
     "normalize_slice_affine",
-    "dx_slice",
     "normalize_cols",
+    "dx_slice",
+    "dx_slice_affine",
     "dx_cols",
     "store_affine",
-    "store_dx",
     "pack_affine",
     "pack_stats",
     "update_running",
@@ -36,7 +42,6 @@ __all__ = [
     "dx_rows",
     "normalize_planes",
     "dx_planes",
-    "dx_slice_affine",
 ]
 
 
@@ -58,13 +63,6 @@ def normalize_slice_affine(x, y, mean_hi, rstd, shift, weight, bias):
 
 
 @elementwise_helper
-def dx_slice(x, dy, dx, mean_hi, a, b, c):
-    """``dx = a * dy + c * (x - mean_hi) + b`` over a 1-D slice (``b`` holds the lo part)."""
-    for i in range(x.size):
-        dx[i] = a * dy[i] + c * (x[i] - mean_hi) + b
-
-
-@elementwise_helper
 def normalize_cols(x2, y2, mean_hi, scale, shift):
     """Per-column ``y = (x - mean_hi) * scale + shift`` over a (rows, C) block."""
     for i in range(x2.shape[0]):
@@ -75,22 +73,12 @@ def normalize_cols(x2, y2, mean_hi, scale, shift):
 
 
 @elementwise_helper
-def dx_cols(x2, dy2, dx2, mean_hi, a, b, c):
-    """Per-column ``dx = a * dy + c * (x - mean_hi) + b`` over a (rows, C) block."""
-    for i in range(x2.shape[0]):
-        xr = x2[i]
-        dyr = dy2[i]
-        dxr = dx2[i]
-        for j in range(xr.size):
-            dxr[j] = a[j] * dyr[j] + c[j] * (xr[j] - mean_hi[j]) + b[j]
-
-
-@elementwise_helper
 def store_affine(q, p, j, mu, scale, shift):
-    """``q[:, p, j] = (mean_hi, scale, shift - mean_lo * scale)``, rounded to q's dtype by the stores."""
-    q[0, p, j] = mu
+    """``q[:, p, j] = (mean_hi, scale, shift - mean_lo * scale)`` in q's dtype (float64 arithmetic)."""
+    hi = cast_like(mu, q)
+    q[0, p, j] = hi
     q[1, p, j] = scale
-    q[2, p, j] = shift - (mu - q[0, p, j]) * scale
+    q[2, p, j] = shift - (mu - hi) * scale
 
 
 @elementwise_helper
@@ -110,8 +98,8 @@ def pack_stats(mean, m2, count, eps, weight, bias, q, var, rstd):
     """Statistics to packed params: ``var = m2 / count``, ``rstd = 1 / sqrt(var + eps)``.
 
     ``mean``/``m2`` (C,) of any float dtype (batch moments, or running mean and
-    variance with ``count = 1``); ``weight``/``bias`` (C,) or empty for none.
-    Fills float64 ``var``/``rstd`` (C,) and ``q`` (3, 1, C) as :func:`pack_affine` does.
+    variance with ``count = 1``); ``weight``/``bias`` (C,). Fills float64
+    ``var``/``rstd`` (C,) and ``q`` (3, 1, C) as :func:`pack_affine` does.
     """
     for c in range(mean.size):
         mu = np.float64(mean[c])
@@ -119,7 +107,7 @@ def pack_stats(mean, m2, count, eps, weight, bias, q, var, rstd):
         r = 1.0 / np.sqrt(v + eps)
         var[c] = v
         rstd[c] = r
-        store_affine(q, 0, c, mu, r * weight[c] if weight.size else r, bias[c] if bias.size else 0.0)
+        store_affine(q, 0, c, mu, r * weight[c], np.float64(bias[c]))
 
 
 @elementwise_helper
@@ -138,42 +126,6 @@ def update_running(running_mean, running_var, mean, var, momentum, unbias):
         running_var[c] = (1.0 - momentum) * np.float64(running_var[c]) + momentum * (s_var / planes * unbias)
 
 
-@elementwise_helper
-def store_dx(q, p, j, mu, a, b, c):
-    """``q[:, p, j] = (mean_hi, a, b - c * mean_lo, c)``, rounded to q's dtype by the stores."""
-    q[0, p, j] = mu
-    q[1, p, j] = a
-    q[2, p, j] = b - c * (mu - q[0, p, j])
-    q[3, p, j] = c
-
-
-@elementwise_helper
-def pack_dx(mean, a, b, c, q):
-    """Fill ``q`` (4, P, C) in x's dtype with (mean_hi, a, b - c * mean_lo, c) from float64 (P, C)."""
-    for p in range(mean.shape[0]):
-        for j in range(mean.shape[1]):
-            store_dx(q, p, j, mean[p, j], a[p, j], b[p, j], c[p, j])
-
-
-@elementwise_helper
-def pack_channel_dx(mean, invstd, weight, s_dy, s_dyx, count, stats_grad, q, s_dyxhat):
-    """Per-channel dx coefficients of BatchNorm from its gradient sums, packed into ``q`` (4, 1, C).
-
-    With ``a = invstd * weight`` and ``m = count`` values per channel:
-    ``b = -a * sum(dy) / m`` and ``c = -a * invstd * sum(dy * xhat) / m`` when the
-    statistics came from the batch (``stats_grad``), else 0, so that
-    ``dx = a * dy + c * (x - mean) + b``. ``weight`` is (C,) or empty for none;
-    also fills ``s_dyxhat = invstd * sum(dy * (x - mean))`` (float64 (C,), dweight).
-    """
-    for j in range(mean.size):
-        r = invstd[j]
-        a = r * weight[j] if weight.size else r
-        s_dyxhat[j] = s_dyx[j] * r
-        b = -a * s_dy[j] / count if stats_grad else 0.0
-        c = -a * r * s_dyxhat[j] / count if stats_grad else 0.0
-        store_dx(q, 0, j, np.float64(mean[j]), a, b, c)
-
-
 @kernel
 def normalize_rows(x3, y3, q):
     """Channels-first pass: each (n, c) row of a (N, C, S) array, params ``q`` (3, P, C), P in {1, N}."""
@@ -184,18 +136,6 @@ def normalize_rows(x3, y3, q):
         c = r - n * n_channels
         p = n if per_sample else 0
         normalize_slice(x3[n, c], y3[n, c], q[0, p, c], q[1, p, c], q[2, p, c])
-
-
-@kernel
-def dx_rows(x3, dy3, dx3, q):
-    """Channels-first dx: each (n, c) row of (N, C, S) arrays, coefficients ``q`` (4, P, C)."""
-    n_samples, n_channels, _ = x3.shape
-    per_sample = q.shape[1] > 1
-    for r in prange(n_samples * n_channels):
-        n = r // n_channels
-        c = r - n * n_channels
-        p = n if per_sample else 0
-        dx_slice(x3[n, c], dy3[n, c], dx3[n, c], q[0, p, c], q[1, p, c], q[2, p, c], q[3, p, c])
 
 
 @kernel
@@ -211,6 +151,90 @@ def normalize_planes(x3, y3, q, rows_per_chunk, nchunks):
         normalize_cols(x3[b, lo:hi], y3[b, lo:hi], q[0, p], q[1, p], q[2, p])
 
 
+@dx_helper
+def dx_slice(x, dy, dx, m, a, b, c, s):
+    """``dx = s * ((a * dy - b) - (x - m) * c)`` over a 1-D slice, the bracket in float64."""
+    for i in range(x.size):
+        dx[i] = s * ((a * np.float64(dy[i]) - b) - (np.float64(x[i]) - m) * c)
+
+
+@dx_helper
+def dx_slice_affine(x, dy, dx, m, weight, b, c, s):
+    """:func:`dx_slice` with a per-element ``a = weight[i]`` (LayerNorm, GroupNorm of (N, C))."""
+    for i in range(x.size):
+        dx[i] = s * ((np.float64(weight[i]) * np.float64(dy[i]) - b) - (np.float64(x[i]) - m) * c)
+
+
+@dx_helper
+def dx_cols(x2, dy2, dx2, m, a, b, c, s):
+    """Per-column :func:`dx_slice` over a (rows, C) block with float64 (C,) coefficient rows.
+
+    Each sweep takes row ``i`` of the first half and row ``i`` of the second, so the five
+    coefficient rows are loaded once per two rows (the float64 bracket makes the loop
+    load-bound in cache), and each half is a sequential stream for the prefetcher.
+    """
+    rows = x2.shape[0]
+    half = rows // 2
+    xa, xb, ga, gb, da, db = x2[:half], x2[half:2 * half], dy2[:half], dy2[half:2 * half], dx2[:half], \
+        dx2[half:2 * half]
+    for i in range(half):
+        x0, x1, g0, g1, d0, d1 = xa[i], xb[i], ga[i], gb[i], da[i], db[i]
+        for j in range(x0.size):
+            mj, aj, bj, cj, sj = m[j], a[j], b[j], c[j], s[j]
+            d0[j] = sj * ((aj * np.float64(g0[j]) - bj) - (np.float64(x0[j]) - mj) * cj)
+            d1[j] = sj * ((aj * np.float64(g1[j]) - bj) - (np.float64(x1[j]) - mj) * cj)
+    for i in range(2 * half, rows):
+        xr = x2[i]
+        dyr = dy2[i]
+        dxr = dx2[i]
+        for j in range(xr.size):
+            dxr[j] = s[j] * ((a[j] * np.float64(dyr[j]) - b[j]) - (np.float64(xr[j]) - m[j]) * c[j])
+
+
+@elementwise_helper
+def pack_dx(m, a, b, c, s, q):
+    """Fill float64 ``q`` (5, P, C) with the dx coefficients (m, a, b, c, s) from (P, C) arrays."""
+    for p in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            q[0, p, j] = m[p, j]
+            q[1, p, j] = a[p, j]
+            q[2, p, j] = b[p, j]
+            q[3, p, j] = c[p, j]
+            q[4, p, j] = s[p, j]
+
+
+@elementwise_helper
+def pack_channel_dx(mean, rstd, weight, s_dy, s_dyx, count, use_input_stats, q, dweight):
+    """BatchNorm's per-channel dx coefficients from its gradient sums, into float64 ``q`` (5, 1, C).
+
+    With ``m = count`` values per channel, ``b = sum(dy) / m`` and
+    ``c = rstd**2 * sum(dy * (x - mean)) / m`` when the statistics came from the batch
+    (``use_input_stats``), else 0; ``a = 1`` and ``s = rstd * weight`` (the weight is a
+    constant of the channel, so it scales the bracket). Also fills
+    ``dweight = rstd * sum(dy * (x - mean))`` (float64 (C,)).
+    """
+    for j in range(mean.size):
+        r = rstd[j]
+        dweight[j] = s_dyx[j] * r
+        q[0, 0, j] = mean[j]
+        q[1, 0, j] = 1.0
+        q[2, 0, j] = s_dy[j] / count if use_input_stats else 0.0
+        q[3, 0, j] = r * r * s_dyx[j] / count if use_input_stats else 0.0
+        q[4, 0, j] = r * weight[j]
+
+
+@kernel
+def dx_rows(x3, dy3, dx3, q):
+    """Channels-first dx: each (n, c) row of (N, C, S) arrays, float64 coefficients ``q`` (5, P, C)."""
+    n_samples, n_channels, _ = x3.shape
+    per_sample = q.shape[1] > 1
+    for r in prange(n_samples * n_channels):
+        n = r // n_channels
+        c = r - n * n_channels
+        p = n if per_sample else 0
+        dx_slice(x3[n, c], dy3[n, c], dx3[n, c], q[0, p, c], q[1, p, c], q[2, p, c], q[3, p, c], q[4, p, c])
+
+
 @kernel
 def dx_planes(x3, dy3, dx3, q, rows_per_chunk, nchunks):
     """Channels-last dx over (B, R, C) arrays, plane b with coefficients ``q[:, b]`` (or ``q[:, 0]``)."""
@@ -221,11 +245,4 @@ def dx_planes(x3, dy3, dx3, q, rows_per_chunk, nchunks):
         lo = (item - b * nchunks) * rows_per_chunk
         hi = min(lo + rows_per_chunk, n_rows)
         p = b if per_plane else 0
-        dx_cols(x3[b, lo:hi], dy3[b, lo:hi], dx3[b, lo:hi], q[0, p], q[1, p], q[2, p], q[3, p])
-
-
-@elementwise_helper
-def dx_slice_affine(x, dy, dx, mean_hi, rstd, weight, b, c):
-    """``dx = rstd * weight * dy + c * (x - mean_hi) + b`` with per-element weight (``b`` holds the lo part)."""
-    for i in range(x.size):
-        dx[i] = (rstd * weight[i]) * dy[i] + c * (x[i] - mean_hi) + b
+        dx_cols(x3[b, lo:hi], dy3[b, lo:hi], dx3[b, lo:hi], q[0, p], q[1, p], q[2, p], q[3, p], q[4, p])

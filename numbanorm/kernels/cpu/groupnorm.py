@@ -17,8 +17,8 @@ import numpy as np
 from numba import prange
 
 from ... import _memory, config
-from ._jit import kernel
-from .channels import apply_dx, grad_sums, instance_moments, normalize, per_channel64
+from ._jit import cast_like, kernel
+from .channels import apply_dx, grad_sums, instance_moments, normalize
 from .elementwise import (
     dx_cols,
     dx_slice,
@@ -27,9 +27,9 @@ from .elementwise import (
     normalize_slice,
     normalize_slice_affine,
     store_affine,
-    store_dx,
 )
-from .moments import chan_merge, cols_range_moments, merge, slice_moments
+from .moments import cols_range_moments, merge, merge_range, slice_moments
+from .params import param
 from .sums import cols_block_grad_sums, slice_grad_sums, slice_weighted_grad_sums
 
 __all__ = [
@@ -44,11 +44,10 @@ __all__ = [
 
 
 @kernel
-def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_ratio, mean, var, rstd, cast):
+def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_ratio, mean, var, rstd):
     """Fused GroupNorm of contiguous (N*G, C/G*S) blocks: moments, then each channel's segment.
 
-    ``weight`` and ``bias`` are float64 (C,), ``weight_x`` and ``bias_x`` their x-dtype copies; ``cast`` (R, 3) is
-    x-dtype scratch through which float64 values are rounded by storing them.
+    ``weight`` and ``bias`` are float64 (C,), ``weight_x`` and ``bias_x`` their x-dtype copies.
     """
     n_blocks, width = x2.shape
     per_group = width // seg
@@ -56,35 +55,34 @@ def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_
     for r in prange(n_blocks):
         xr = x2[r]
         yr = y2[r]
-        _, mu, m2 = slice_moments(xr, block, max_ratio)
+        _, mu, m2 = slice_moments(xr, block, max_ratio, True)
         var[r] = m2 / width
         inv = 1.0 / np.sqrt(var[r] + eps)
         mean[r] = mu
         rstd[r] = inv
-        cast[r, 0] = mu
-        lo_part = mu - cast[r, 0]
+        hi = cast_like(mu, xr)
+        lo_part = mu - hi
         first = (r % groups) * per_group
         if seg == 1:
             # (N, C) input: one value per channel, per-element weight and bias.
-            cast[r, 1] = inv
-            cast[r, 2] = -lo_part * inv
-            normalize_slice_affine(xr, yr, cast[r, 0], cast[r, 1], cast[r, 2], weight_x[first:first + per_group],
-                                   bias_x[first:first + per_group])
+            normalize_slice_affine(xr, yr, hi, cast_like(inv, xr), cast_like(-lo_part * inv, xr),
+                                   weight_x[first:first + per_group], bias_x[first:first + per_group])
             continue
         for j in range(per_group):
             scale = inv * weight[first + j]
-            cast[r, 1] = scale
-            cast[r, 2] = bias[first + j] - lo_part * scale
             lo = j * seg
-            normalize_slice(xr[lo:lo + seg], yr[lo:lo + seg], cast[r, 0], cast[r, 1], cast[r, 2])
+            normalize_slice(xr[lo:lo + seg], yr[lo:lo + seg], hi, cast_like(scale, xr),
+                            cast_like(bias[first + j] - lo_part * scale, xr))
 
 
 @kernel
-def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, stats_grad, s_dy, s_dyx, cast):
+def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, use_input_stats, s_dy, s_dyx):
     """Fused GroupNorm backward of contiguous (N*G, C/G*S) blocks.
 
     Per block: per-channel ``sum(dy)`` and ``sum(dy * (x - mean))`` into ``s_dy``/``s_dyx``
-    (N*G, C/G), then dx of the block while it is in cache. ``weight`` is float64 (C,).
+    (N*G, C/G), then dx of the block while it is in cache,
+    ``rstd * ((w_c * dy - mean(g)) - (x - mean) * rstd**2 * mean(g * (x - mean)))`` with
+    ``g = w_c * dy`` over the block. ``weight`` is float64 (C,), ``weight_x`` its x-dtype copy.
     """
     n_blocks, width = x2.shape
     per_group = width // seg
@@ -96,21 +94,15 @@ def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, stats_grad,
         mu = mean[r]
         inv = rstd[r]
         first = (r % groups) * per_group
-        cast[r, 0] = mu
-        lo_part = mu - cast[r, 0]
         if seg == 1:
             # (N, C) input: one value per channel, per-element weight.
-            w = weight[first:first + per_group]
+            w = weight_x[first:first + per_group]
             s_dy[r] = 0.0
             s_dyx[r] = 0.0
             s_g, s_gx = slice_weighted_grad_sums(xr, dyr, w, mu, 1.0, s_dyx[r], s_dy[r])
-            b = -inv * s_g / width if stats_grad else 0.0
-            c = -inv * inv * inv * s_gx / width if stats_grad else 0.0
-            cast[r, 1] = inv
-            cast[r, 2] = b - c * lo_part
-            cast[r, 3] = c
-            dx_slice_affine(xr, dyr, dxr, cast[r, 0], cast[r, 1], weight_x[first:first + per_group],
-                            cast[r, 2], cast[r, 3])
+            b = s_g / width if use_input_stats else 0.0
+            c = inv * inv * s_gx / width if use_input_stats else 0.0
+            dx_slice_affine(xr, dyr, dxr, mu, w, b, c, inv)
             continue
         s_g = 0.0
         s_gx = 0.0
@@ -121,15 +113,11 @@ def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, stats_grad,
             s_dyx[r, j] = b
             s_g += weight[first + j] * a
             s_gx += weight[first + j] * b
-        b = -inv * s_g / width if stats_grad else 0.0
-        c = -inv * inv * inv * s_gx / width if stats_grad else 0.0
-        cast[r, 2] = b - c * lo_part
-        cast[r, 3] = c
+        b = s_g / width if use_input_stats else 0.0
+        c = inv * inv * s_gx / width if use_input_stats else 0.0
         for j in range(per_group):
-            cast[r, 1] = inv * weight[first + j]
             lo = j * seg
-            dx_slice(xr[lo:lo + seg], dyr[lo:lo + seg], dxr[lo:lo + seg], cast[r, 0], cast[r, 1], cast[r, 2],
-                     cast[r, 3])
+            dx_slice(xr[lo:lo + seg], dyr[lo:lo + seg], dxr[lo:lo + seg], mu, weight[first + j], b, c, inv)
 
 
 def group_moments(layout, x3, groups):
@@ -173,9 +161,7 @@ def planes_forward(x3, y3, groups, weight, bias, eps, planes_per_item, mean, var
             xp = x3[n]
             count = cols_range_moments(xp, col[0], col[1], col[2:])
             for g in range(groups):
-                total, mu, m2 = 0.0, 0.0, 0.0
-                for c in range(g * per_group, (g + 1) * per_group):
-                    total, mu, m2 = chan_merge(total, mu, m2, count, col[0, c], col[1, c])
+                total, mu, m2 = merge_range(count, col[0], col[1], g * per_group, (g + 1) * per_group)
                 v = m2 / total
                 inv = 1.0 / np.sqrt(v + eps)
                 mean[n, g] = mu
@@ -187,12 +173,13 @@ def planes_forward(x3, y3, groups, weight, bias, eps, planes_per_item, mean, var
 
 
 @kernel
-def planes_backward(x3, dy3, dx3, weight, mean, rstd, stats_grad, planes_per_item, s_dy, s_dyx, params, cols):
+def planes_backward(x3, dy3, dx3, weight, mean, rstd, use_input_stats, planes_per_item, s_dy, s_dyx, params, cols):
     """Fused GroupNorm backward of channels-last (N, S, C) planes, parallel over runs of samples.
 
     Per plane: per-channel gradient sums into ``s_dy``/``s_dyx`` (N, C), per-group
-    coefficients, then dx of plane n with per-channel (hi, a, b, c) rows ``params[:, n]``
-    of ``params`` (4, N, C); ``cols`` (work items, C) float64 is each work item's scratch.
+    coefficients, then dx of plane n with per-channel float64 (m, a, b, c, s) rows
+    ``params[:, n]`` of ``params`` (5, N, C); ``cols`` (work items, C) float64 is each
+    work item's scratch.
     """
     n_planes, n_rows, n_ch = x3.shape
     groups = mean.shape[1]
@@ -214,11 +201,15 @@ def planes_backward(x3, dy3, dx3, weight, mean, rstd, stats_grad, planes_per_ite
                 for c in range(g * per_group, (g + 1) * per_group):
                     s_g += weight[c] * s_dy[n, c]
                     s_gx += weight[c] * s_dyx[n, c]
-                b = -inv * s_g / width if stats_grad else 0.0
-                cc = -inv * inv * inv * s_gx / width if stats_grad else 0.0
+                b = s_g / width if use_input_stats else 0.0
+                cc = inv * inv * s_gx / width if use_input_stats else 0.0
                 for c in range(g * per_group, (g + 1) * per_group):
-                    store_dx(params, n, c, mean[n, g], inv * weight[c], b, cc)
-            dx_cols(x3[n], dy3[n], dx3[n], params[0, n], params[1, n], params[2, n], params[3, n])
+                    params[0, n, c] = mean[n, g]
+                    params[1, n, c] = weight[c]
+                    params[2, n, c] = b
+                    params[3, n, c] = cc
+                    params[4, n, c] = inv
+            dx_cols(x3[n], dy3[n], dx3[n], params[0, n], params[1, n], params[2, n], params[3, n], params[4, n])
 
 
 def _planes_per_item(n_planes):
@@ -239,25 +230,24 @@ def _blocks(x3, groups):
 
 def forward(layout, x3, y3, groups, weight, bias, eps):
     """Normalize with per-(sample, group) statistics; return (count, mean, var, rstd), (N, G) float64."""
+    channels = x3.shape[1] if layout == "cf" else x3.shape[2]
+    w = param(weight, channels, 1.0)
+    b = param(bias, channels, 0.0)
     if layout == "cf":
         n, c, s = x3.shape
         x2, y2 = _blocks(x3, groups), _blocks(y3, groups)
         mean, var, rstd = (np.empty((n, groups)) for _ in range(3))
-        b = per_channel64(bias, c, 0.0)
-        cast = np.empty((x2.shape[0], 3), x3.dtype)
-        w = per_channel64(weight, c, 1.0)
-        blocks_forward(x2.size, x2, y2, s, w, w.astype(x3.dtype), b, b.astype(x3.dtype), eps, config.BLOCK_ELEMENTS,
-                       config.SHIFT_RATIO_MAX, mean.reshape(-1), var.reshape(-1), rstd.reshape(-1), cast)
+        blocks_forward(x2.size, x2, y2, s, w, param(weight, c, 1.0, x3.dtype), b, param(bias, c, 0.0, x3.dtype),
+                       eps, config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, mean.reshape(-1), var.reshape(-1),
+                       rstd.reshape(-1))
         return float(x2.shape[1]), mean, var, rstd
     n, s, c = x3.shape
     if _fused_planes(x3):
         mean, var, rstd = (np.empty((n, groups)) for _ in range(3))
-        b = per_channel64(bias, c, 0.0)
         params = _memory.empty((3, n, c), x3.dtype, work=x3.size)
         per_item = _planes_per_item(n)
         cols = _memory.empty((-(-n // per_item), 4, c), work=x3.size)
-        planes_forward(x3.size, x3, y3, groups, per_channel64(weight, c, 1.0), b, eps, per_item,
-                       mean, var, rstd, params, cols)
+        planes_forward(x3.size, x3, y3, groups, w, b, eps, per_item, mean, var, rstd, params, cols)
         return float(s * (c // groups)), mean, var, rstd
     count, mean, var = group_moments(layout, x3, groups)
     rstd = 1.0 / np.sqrt(var + eps)
@@ -265,49 +255,46 @@ def forward(layout, x3, y3, groups, weight, bias, eps):
     return count, mean, var, rstd
 
 
-def backward(layout, x3, dy3, dx3, mean, rstd, weight, stats_grad=True):
+def backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats):
     """Fill ``dx3``; return float64 per-channel (dweight, dbias).
 
     For a group of m values with :math:`\\hat x = (x - \\mu)\\,r` and :math:`g = dy \\cdot w_c`:
-    ``dx = r * (g - mean(g) - xhat * mean(g * xhat))``; without ``stats_grad`` (fixed
+    ``dx = r * (g - mean(g) - xhat * mean(g * xhat))``; without ``use_input_stats`` (fixed
     statistics, e.g. running ones) only ``r * g``.
     """
     channels = x3.shape[1] if layout == "cf" else x3.shape[2]
     n, groups = mean.shape
     per_group = channels // groups
+    w = param(weight, channels, 1.0)
     if layout == "cf":
         x2, dy2, dx2 = _blocks(x3, groups), _blocks(dy3, groups), _blocks(dx3, groups)
         s_dy = np.empty((x2.shape[0], per_group))
         s_dyx = np.empty((x2.shape[0], per_group))
-        cast = np.empty((x2.shape[0], 4), x3.dtype)
-        w = per_channel64(weight, channels, 1.0)
-        blocks_backward(x2.size, x2, dy2, dx2, x3.shape[2], w, w.astype(x3.dtype),
+        blocks_backward(x2.size, x2, dy2, dx2, x3.shape[2], w, param(weight, channels, 1.0, x3.dtype),
                         np.ascontiguousarray(mean.reshape(-1)), np.ascontiguousarray(rstd.reshape(-1)),
-                        stats_grad, s_dy, s_dyx, cast)
+                        bool(use_input_stats), s_dy, s_dyx)
         s_dy, s_dyx = s_dy.reshape(n, channels), s_dyx.reshape(n, channels)
         return (s_dyx * _per_channel(rstd, channels)).sum(axis=0), s_dy.sum(axis=0)
     if _fused_planes(x3):
         s_dy = _memory.empty((n, channels), work=x3.size)
         s_dyx = _memory.empty((n, channels), work=x3.size)
-        params = _memory.empty((4, n, channels), x3.dtype, work=x3.size)
+        params = _memory.empty((5, n, channels), work=x3.size)
         per_item = _planes_per_item(n)
         cols = _memory.empty((-(-n // per_item), channels), work=x3.size)
-        planes_backward(x3.size, x3, dy3, dx3, per_channel64(weight, channels, 1.0), np.ascontiguousarray(mean),
-                        np.ascontiguousarray(rstd), stats_grad, per_item, s_dy, s_dyx, params, cols)
+        planes_backward(x3.size, x3, dy3, dx3, w, np.ascontiguousarray(mean), np.ascontiguousarray(rstd),
+                        bool(use_input_stats), per_item, s_dy, s_dyx, params, cols)
         return (s_dyx * _per_channel(rstd, channels)).sum(axis=0), s_dy.sum(axis=0)
     mean_c, rstd_c = _per_channel(mean, channels), _per_channel(rstd, channels)
     s_dy, s_dyx = grad_sums(layout, x3, dy3, mean_c)
     s_dy = np.broadcast_to(s_dy, (n, channels))
     s_dyx = np.broadcast_to(s_dyx, (n, channels))
-    w = per_channel64(weight, channels, 1.0)
-    a = rstd_c * w
-    if stats_grad:
+    if use_input_stats:
         count = x3.size / (n * groups)
         s_g = (s_dy * w).reshape(n, groups, per_group).sum(axis=2)
         s_gx = (s_dyx * w).reshape(n, groups, per_group).sum(axis=2)
-        b = _per_channel(-rstd * s_g / count, channels)
-        c = _per_channel(-rstd ** 3 * s_gx / count, channels)
+        b = _per_channel(s_g / count, channels)
+        c = _per_channel(rstd ** 2 * s_gx / count, channels)
     else:
-        b = c = np.zeros_like(a)
-    apply_dx(layout, x3, dy3, dx3, mean_c, a, b, c)
+        b = c = np.zeros_like(mean_c)
+    apply_dx(layout, x3, dy3, dx3, mean_c, np.broadcast_to(w, mean_c.shape), b, c, rstd_c)
     return (s_dyx * rstd_c).sum(axis=0), s_dy.sum(axis=0)

@@ -14,7 +14,8 @@ from numba import prange
 from ... import _memory, config
 from ._jit import cast_like, kernel
 from .elementwise import dx_slice_affine, normalize_slice_affine
-from .moments import slice_mean_square, slice_moments
+from .moments import slice_moments
+from .params import param
 from .sums import slice_weighted_grad_sums
 
 __all__ = ["rows_forward", "rows_backward", "forward", "backward"]
@@ -26,13 +27,8 @@ def rows_forward(x2, y2, weight, bias, eps, block, max_ratio, center, stats):
     n_rows, width = x2.shape
     for r in prange(n_rows):
         xr = x2[r]
-        if center:
-            _, mu, m2 = slice_moments(xr, block, max_ratio)
-            var = m2 / width
-        else:
-            mu = 0.0
-            var = slice_mean_square(xr)
-        inv = 1.0 / np.sqrt(var + eps)
+        _, mu, m2 = slice_moments(xr, block, max_ratio, center)
+        inv = 1.0 / np.sqrt(m2 / width + eps)
         stats[0, r] = mu
         stats[1, r] = inv
         hi = cast_like(mu, xr)
@@ -55,29 +51,34 @@ def rows_backward(x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dwei
             mu = mean[r]
             inv = rstd[r]
             s_g, s_gx = slice_weighted_grad_sums(xr, dyr, weight, mu, inv, dweight[k], dbias[k])
-            b = -inv * s_g / width if center else 0.0
-            c = -inv * inv * inv * s_gx / width
-            hi = cast_like(mu, xr)
-            dx_slice_affine(xr, dyr, dx2[r], hi, cast_like(inv, xr), weight, cast_like(b - c * (mu - hi), xr),
-                            cast_like(c, xr))
+            b = s_g / width if center else 0.0
+            dx_slice_affine(xr, dyr, dx2[r], mu, weight, b, inv * inv * s_gx / width, inv)
 
 
 def forward(x2, y2, weight, bias, eps, center):
-    """Fill ``y2`` and return float64 (mean, rstd) per row; weight/bias are (D,) in x's dtype."""
+    """Fill ``y2`` and return float64 (mean, rstd) per row; weight/bias are (D,) or None.
+
+    Without ``center`` (RMSNorm) the mean is 0 and the mean square replaces the variance.
+    """
+    width = x2.shape[1]
+    w = param(weight, width, 1.0, x2.dtype, x2.size)
+    b = param(bias, width, 0.0, x2.dtype, x2.size)
     stats = np.empty((2, x2.shape[0]))
-    rows_forward(x2.size, x2, y2, weight, bias, eps, config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, center, stats)
+    rows_forward(x2.size, x2, y2, w, b, eps, config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, bool(center), stats)
     return stats[0], stats[1]
 
 
-def backward(x2, dy2, dx2, weight, mean, rstd, center):
+def backward(x2, dy2, dx2, mean, rstd, weight, center):
     """Fill ``dx2`` and return float64 (dweight, dbias) summed over rows."""
     n_rows, width = x2.shape
     if n_rows == 0:
         return np.zeros(width), np.zeros(width)
+    w = param(weight, width, 1.0, x2.dtype, x2.size)
     items = numba.get_num_threads() if x2.size >= config.PARALLEL_MIN_ELEMENTS else 1
     rows_per_chunk = -(-n_rows // max(1, min(items, n_rows)))
     nchunks = -(-n_rows // rows_per_chunk)
     dweight = _memory.empty((nchunks, width), work=x2.size)
     dbias = _memory.empty((nchunks, width), work=x2.size)
-    rows_backward(x2.size, x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dweight, dbias)
+    rows_backward(x2.size, x2, dy2, dx2, w, np.ascontiguousarray(mean), np.ascontiguousarray(rstd), bool(center),
+                  rows_per_chunk, dweight, dbias)
     return dweight.sum(axis=0), dbias.sum(axis=0)

@@ -36,7 +36,7 @@ from ._jit import elementwise_helper, kernel, reduce_helper
 __all__ = [
     "chan_merge",
     "slice_moments",
-    "slice_mean_square",
+    "merge_range",
     "welford_step",
     "cols_range_moments",
     "rows_moments",
@@ -99,8 +99,7 @@ def _block_moments(x, max_ratio):
     unbounded one of ``E[x^2] - E[x]^2``. Data rarely puts ``x[0]`` far from the mean,
     so ``r`` is small and one read of the block gives the moments; when ``r`` exceeds
     ``max_ratio`` (an outlier first, or a non-finite one) the block is recomputed with
-    the two-pass algorithm, whose error does not depend on a shift. One read instead of
-    two: the GroupNorm forward ran at 1.55 copies instead of 1.96.
+    the two-pass algorithm, whose error does not depend on a shift.
     """
     n = x.size
     k = np.float64(x[0])
@@ -117,12 +116,29 @@ def _block_moments(x, max_ratio):
 
 
 @reduce_helper
-def slice_moments(x, block, max_ratio):
-    """(count, mean, M2) of a contiguous 1-D slice: moments of blocks of ``block`` values
-    (:func:`_block_moments`, ``max_ratio`` its check), Chan-merged."""
+def _sum_squares(x):
+    """``sum(x**2)`` over a contiguous 1-D slice, accumulated in float64."""
+    s = 0.0
+    for i in range(x.size):
+        v = np.float64(x[i])
+        s += v * v
+    return s
+
+
+@reduce_helper
+def slice_moments(x, block, max_ratio, center):
+    """(count, mean, M2) of a contiguous 1-D slice.
+
+    With ``center``: moments of blocks of ``block`` values (:func:`_block_moments`,
+    ``max_ratio`` its check), Chan-merged. Without (RMSNorm's mean-square mode): the
+    moments about zero, ``(count, 0, sum(x**2))``, so that ``M2 / count`` is the mean
+    square and every caller finishes the statistics the same way.
+    """
     n = x.size
     if n == 0:
         return 0.0, 0.0, 0.0
+    if not center:
+        return float(n), 0.0, _sum_squares(x)
     first = min(block, n)
     mean, m2 = _block_moments(x[:first], max_ratio)
     count = float(first)
@@ -136,13 +152,15 @@ def slice_moments(x, block, max_ratio):
 
 
 @reduce_helper
-def slice_mean_square(x):
-    """Mean of x**2 over a contiguous 1-D slice, accumulated in float64 (RMSNorm)."""
-    s = 0.0
-    for i in range(x.size):
-        v = np.float64(x[i])
-        s += v * v
-    return s / max(x.size, 1)
+def merge_range(count, mean, m2, lo, hi):
+    """Chan-merge entries ``lo:hi`` of (C,) ``mean``/``m2``, each the moments of ``count`` values.
+
+    The channels of a group, in channel order: the same order on every path.
+    """
+    n, mu, s = 0.0, 0.0, 0.0
+    for c in range(lo, hi):
+        n, mu, s = chan_merge(n, mu, s, count, mean[c], m2[c])
+    return n, mu, s
 
 
 @elementwise_helper
@@ -227,7 +245,7 @@ def cols_range_moments(x2, mean, m2, tmp):
 def rows_moments(x2, block, max_ratio, mean, m2):
     """Mean and M2 of every row of a C-contiguous (R, L) array, parallel over rows."""
     for r in prange(x2.shape[0]):
-        _, mean[r], m2[r] = slice_moments(x2[r], block, max_ratio)
+        _, mean[r], m2[r] = slice_moments(x2[r], block, max_ratio, True)
 
 
 @kernel

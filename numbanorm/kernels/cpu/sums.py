@@ -38,10 +38,10 @@ def cols_block_grad_sums(x2, dy2, mean, s_dy, s_dyx):
     """Add per-column ``sum(dy)`` and ``sum(dy * (x - mean))`` of a (rows, C) block.
 
     Each sweep takes row ``i`` of the first half and row ``i`` of the second, so the
-    (C,) accumulators are read and written half as often. Pairs of adjacent rows did
-    the same work but ran 1.2-1.4 copies instead of 0.67-0.83 once rows were 512 B or
-    longer and the block came from memory: the two halves are two sequential streams
-    (per array) that the hardware prefetcher follows, adjacent rows are not.
+    (C,) accumulators are read and written half as often. The halves, not adjacent
+    rows: two halves are two sequential streams per array, which the hardware
+    prefetcher follows; two interleaved rows of 512 B or more are not followed, and a
+    block from memory then reads about twice as slowly.
     """
     rows = x2.shape[0]
     half = rows // 2
@@ -112,9 +112,9 @@ def slice_weighted_grad_sums(x, dy, weight, mean, scale, acc_dyx, acc_dy):
 
     The accumulators are LayerNorm's float64 dweight/dbias partial rows (``scale`` the
     row's rstd): adding into them here costs a read and write of two (D,) rows per
-    input row, less than a second sweep over x and dy did (the backward ran at 1.9-2.0
-    copies instead of 2.2-2.4). GroupNorm's (N, C) path passes zeroed rows and ``scale = 1``
-    to get the per-element terms themselves.
+    input row, which cached rows make cheaper than a second sweep over x and dy.
+    GroupNorm's (N, C) path passes zeroed rows and ``scale = 1`` to get the per-element
+    terms themselves.
     """
     s_g = 0.0
     s_gx = 0.0

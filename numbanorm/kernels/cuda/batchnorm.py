@@ -1,44 +1,51 @@
 """BatchNorm on CUDA: per-channel statistics over samples and positions (Ioffe & Szegedy, 2015).
 
-The twin of :mod:`numbanorm.kernels.cpu.batchnorm`: every array is a C-contiguous
-(N, C, S) device array and every statistic float64. A channel's values are shared
-by up to ``config.CUDA_MAX_PARTIALS`` blocks whose partial moments are Chan-merged.
+The twin of :mod:`numbanorm.kernels.cpu.batchnorm`, with the same drivers and
+returns: every array is a C-contiguous (N, C, S) device array and every statistic
+float64. A channel's values are shared by up to ``config.CUDA_MAX_PARTIALS`` blocks
+whose partial moments are Chan-merged. Partial results (the moments, the gradient
+sums) are exposed before they are finished, for SyncBatchNorm.
 """
 
-from .channels import backward as _channel_backward
-from .channels import normalize, stats_from_running, update_running
-from .moments import channel_stats
+from . import channels
+from .moments import channel_moments, finish
 
-__all__ = ["forward_train", "forward_eval", "backward"]
+__all__ = ["moments", "normalize", "grad_sums", "apply_dx"]
 
 
-def forward_train(x3, y3, weight, bias, eps, momentum=0.0, running_mean=None, running_var=None):
-    """Normalize with batch statistics, update the running ones in place (if given);
-    return (count, mean, invstd) with (C,) float64 device arrays."""
-    count, mean, var, invstd = channel_stats(x3, False, eps)
-    normalize(x3, y3, mean, invstd, 1, weight, bias)
-    if running_mean is not None:
-        update_running(mean, var, count, momentum, running_mean, running_var)
+def moments(layout, x3):
+    """Per-channel float64 ``(count, mean (C,), M2 (C,))`` over samples and positions."""
+    count, mean, m2 = channel_moments(x3, False)
     c = x3.shape[1]
-    return count, mean.reshape(c), invstd.reshape(c)
+    return count, mean.reshape(c), m2.reshape(c)
 
 
-def forward_eval(x3, y3, running_mean, running_var, weight, bias, eps):
-    """One pass ``y = (x - running_mean) * weight / sqrt(running_var + eps) + bias``;
-    return (mean, invstd) as (C,) float64 device arrays."""
-    mean, invstd = stats_from_running(running_mean, running_var, eps, 1)
-    normalize(x3, y3, mean, invstd, 1, weight, bias)
-    c = x3.shape[1]
-    return mean.reshape(c), invstd.reshape(c)
+def normalize(layout, x3, y3, mean, m2, count, weight, bias, eps):
+    """``y = (x - mean) * rstd * weight + bias`` with ``var = m2 / count``; return float64 (var, rstd).
 
-
-def backward(x3, dy3, dx3, mean, invstd, weight, training, count):
-    """Fill ``dx3`` and return (dweight, dbias) as (C,) device arrays in x's dtype.
-
-    ``dx = weight * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))`` with batch
-    statistics (``training``), else ``weight * invstd * dy``: GroupNorm's backward with
-    one channel per group and one row of statistics for the whole batch.
+    Batch moments come as ``(mean, M2, count)``, running statistics as
+    ``(running_mean, running_var, 1)``.
     """
     c = x3.shape[1]
-    return _channel_backward(x3, dy3, dx3, mean.reshape(1, c), invstd.reshape(1, c), 1, weight, count,
-                             training)
+    mean64, var, rstd = finish(mean, m2, count, eps)
+    channels.normalize(x3, y3, mean64.reshape(1, c), rstd.reshape(1, c), 1, weight, bias)
+    return var, rstd
+
+
+def grad_sums(layout, x3, dy3, mean):
+    """Per-channel float64 ``(sum(dy), sum(dy * (x - mean)))``."""
+    c = x3.shape[1]
+    s_dy, s_dyx = channels.grad_sums(x3, dy3, mean.reshape(1, c), 1, False)
+    return s_dy.reshape(c), s_dyx.reshape(c)
+
+
+def apply_dx(layout, x3, dy3, dx3, mean, rstd, weight, s_dy, s_dyx, count, use_input_stats):
+    """Fill ``dx3`` from the gradient sums of ``count`` values per channel; return float64 dweight.
+
+    ``dx = rstd * weight * (dy - mean(dy) - xhat * mean(dy * xhat))`` with batch
+    statistics (``use_input_stats``), else ``rstd * weight * dy``.
+    """
+    c = x3.shape[1]
+    s_dy, s_dyx, mean, rstd = (a.reshape(1, c) for a in (s_dy, s_dyx, mean, rstd))
+    channels.apply_dx(x3, dy3, dx3, s_dy, s_dyx, mean, rstd, 1, weight, count, use_input_stats)
+    return channels.param_grads(s_dy, s_dyx, rstd, 1)[0]

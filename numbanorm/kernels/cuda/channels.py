@@ -3,40 +3,33 @@
 Input is a C-contiguous (N, C, S) device array. Statistics come as float64 (P, G)
 device arrays — P = 1 (per channel, BatchNorm) or P = N (per sample), G groups of
 ``group`` channels (G = C, ``group`` = 1 except for GroupNorm) — and become per-(p, c)
-coefficients in x's dtype, the mean as a hi/lo pair, for one element-wise pass:
+coefficients for one element-wise pass, the forms of
+:mod:`numbanorm.kernels.cpu.elementwise`:
 
-``y = ((x - hi) - lo) * scale + shift`` and ``dx = a * dy + c * ((x - hi) - lo) + b``,
+``y = ((x - hi) - lo) * scale + shift`` with the mean as an x-dtype hi/lo pair, and
+``dx = s * ((a * dy - b) - (x - m) * c)`` with float64 coefficients and the bracket
+in float64.
 
-the forms of :mod:`numbanorm.kernels.cpu.elementwise`. Gradient sums (``sum dy`` and
-``sum dy * (x - mean)`` per (p, c)) are float64 block partials, summed by a second kernel.
+Gradient sums (``sum dy`` and ``sum dy * (x - mean)`` per (p, c)) are float64 block
+partials, summed by a second kernel.
 """
 
-import math
 
 import numpy as np
 from numba import cuda
 
 from ._jit import THREADS, device, elementwise_blocks, kernel, partials
 from .moments import block_sum2, channel_chunk
+from .params import param
 
-__all__ = ["stats_from_running", "update_running", "normalize", "backward", "ones", "zeros"]
-
-
-@kernel
-def _stats_from_running(running_mean, running_var, eps, mean, rstd):
-    """``mean[p, c] = running_mean[c]``, ``rstd[p, c] = 1 / sqrt(running_var[c] + eps)``."""
-    planes, channels = mean.shape
-    for i in range(cuda.grid(1), planes * channels, cuda.gridsize(1)):
-        p = i // channels
-        c = i - p * channels
-        mean[p, c] = running_mean[c]
-        rstd[p, c] = 1.0 / math.sqrt(np.float64(running_var[c]) + eps)
+__all__ = ["update_running_stats", "normalize", "grad_sums", "apply_dx", "param_grads", "backward", "sum_partials"]
 
 
 @kernel
 def _update_running(mean, var, count, momentum, running_mean, running_var):
     """``r = (1 - momentum) * r + momentum * s`` per channel, s averaged over the P rows,
-    with the unbiased variance ``var * count / (count - 1)``."""
+    with the unbiased variance ``var * count / (count - 1)``; the CPU twin sums in the
+    same order."""
     for c in range(cuda.grid(1), running_mean.shape[0], cuda.gridsize(1)):
         planes = mean.shape[0]
         s_mean = 0.0
@@ -126,31 +119,31 @@ def sum_partials(ps_dy, ps_dyx, s_dy, s_dyx):
 
 
 @kernel
-def _backward_coefs(s_dy, s_dyx, mean, rstd, group, weight, count, stats_grad, hi, lo, a, b, c3):
-    """dx coefficients per (p, c) for a group of m = ``count`` values with g = dy * weight:
+def _dx_coefs(s_dy, s_dyx, mean, rstd, group, weight, count, use_input_stats, m, a, b, c3, sc):
+    """float64 dx coefficients per (p, c) for a group of ``count`` values with ``g = dy * weight``:
 
-    ``dx = r * w * dy + (-r**3 * sum(g (x - mean)) / m) * (x - mean) - r * sum(g) / m``
-    (only the first term without ``stats_grad``: fixed statistics).
+    ``m = mean``, ``a = weight[c]``, ``b = sum(g) / count``,
+    ``c = rstd**2 * sum(g * (x - mean)) / count`` (b and c 0 without ``use_input_stats``:
+    fixed statistics), ``s = rstd``.
     """
-    planes, channels = hi.shape
+    planes, channels = m.shape
     for i in range(cuda.grid(1), planes * channels, cuda.gridsize(1)):
         p = i // channels
         c = i - p * channels
         g = c // group
         r = rstd[p, g]
-        mu = mean[p, g]
-        hi[p, c] = mu
-        lo[p, c] = mu - hi[p, c]
-        a[p, c] = r * weight[c]
-        if stats_grad:
+        m[p, c] = mean[p, g]
+        a[p, c] = weight[c]
+        sc[p, c] = r
+        if use_input_stats:
             s_g = 0.0
             s_gx = 0.0
             for cc in range(g * group, (g + 1) * group):
                 w = np.float64(weight[cc])
                 s_g += s_dy[p, cc] * w
                 s_gx += s_dyx[p, cc] * w
-            b[p, c] = -r * s_g / count
-            c3[p, c] = -(r * r * r) * s_gx / count
+            b[p, c] = s_g / count
+            c3[p, c] = r * r * s_gx / count
         else:
             b[p, c] = 0.0
             c3[p, c] = 0.0
@@ -158,7 +151,7 @@ def _backward_coefs(s_dy, s_dyx, mean, rstd, group, weight, count, stats_grad, h
 
 @kernel
 def _param_grads(s_dy, s_dyx, rstd, group, dweight, dbias):
-    """``dweight[c] = sum_p sum(dy * (x - mean)) * rstd``, ``dbias[c] = sum_p sum(dy)``."""
+    """``dweight[c] = sum_p sum(dy * (x - mean)) * rstd``, ``dbias[c] = sum_p sum(dy)``, float64."""
     for c in range(cuda.grid(1), dweight.shape[0], cuda.gridsize(1)):
         dw = 0.0
         db = 0.0
@@ -170,81 +163,84 @@ def _param_grads(s_dy, s_dyx, rstd, group, dweight, dbias):
 
 
 @kernel
-def _apply_dx(x3, dy3, dx3, hi, lo, a, b, c3):
-    """``dx = a * dy + c * ((x - hi) - lo) + b`` with (P, C) coefficients, P in {1, N}."""
-    per_sample = hi.shape[0] > 1
+def _apply_dx(x3, dy3, dx3, m, a, b, c3, sc):
+    """``dx = s * ((a * dy - b) - (x - m) * c)`` with float64 (P, C) coefficients, P in {1, N}."""
+    per_sample = m.shape[0] > 1
     for i in range(cuda.grid(1), x3.size, cuda.gridsize(1)):
         n, c, s, p = element_at(x3, i, per_sample)
-        dx3[n, c, s] = a[p, c] * dy3[n, c, s] + c3[p, c] * ((x3[n, c, s] - hi[p, c]) - lo[p, c]) + b[p, c]
+        bracket = (a[p, c] * np.float64(dy3[n, c, s]) - b[p, c]) - (np.float64(x3[n, c, s]) - m[p, c]) * c3[p, c]
+        dx3[n, c, s] = sc[p, c] * bracket
 
 
 def _launch(size):
     return elementwise_blocks(size), THREADS
 
 
-def ones(n, dtype):
-    return cuda.to_device(np.ones(n, dtype))
-
-
-def zeros(n, dtype):
-    return cuda.to_device(np.zeros(n, dtype))
-
-
-def stats_from_running(running_mean, running_var, eps, planes):
-    """Float64 (planes, C) ``mean`` and ``rstd`` device arrays from running statistics."""
+def update_running_stats(running_mean, running_var, mean, var, momentum, count):
+    """In place: ``r = (1 - momentum) * r + momentum * s`` per channel with the unbiased
+    variance; (N, C) statistics (InstanceNorm) are averaged over the batch first."""
     channels = running_mean.shape[0]
-    mean = cuda.device_array((planes, channels), np.float64)
-    rstd = cuda.device_array((planes, channels), np.float64)
-    _stats_from_running[_launch(planes * channels)](running_mean, running_var, float(eps), mean, rstd)
-    return mean, rstd
-
-
-def update_running(mean, var, count, momentum, running_mean, running_var):
-    """Update running statistics in place from (P, G=C) float64 statistics of ``count`` values."""
-    _update_running[_launch(running_mean.shape[0])](mean, var, float(count), float(momentum),
-                                                    running_mean, running_var)
+    mean = mean.reshape(1, channels) if mean.ndim == 1 else mean
+    var = var.reshape(1, channels) if var.ndim == 1 else var
+    _update_running[_launch(channels)](mean, var, float(count), float(momentum), running_mean, running_var)
 
 
 def normalize(x3, y3, mean, rstd, group, weight, bias):
     """Fill ``y3`` from float64 (P, G) statistics; weight/bias (C,) device arrays or None."""
-    n, channels, _ = x3.shape
+    channels = x3.shape[1]
     dtype = x3.dtype
-    weight = ones(channels, dtype) if weight is None else weight
-    bias = zeros(channels, dtype) if bias is None else bias
+    weight = param(weight, channels, 1.0, dtype)
+    bias = param(bias, channels, 0.0, dtype)
     shape = (mean.shape[0], channels)
     hi, lo, scale, shift = (cuda.device_array(shape, dtype) for _ in range(4))
     _forward_coefs[_launch(hi.size)](mean, rstd, group, weight, bias, hi, lo, scale, shift)
     _normalize[_launch(x3.size)](x3, y3, hi, lo, scale, shift)
 
 
-def backward(x3, dy3, dx3, mean, rstd, group, weight, count, stats_grad):
-    """Fill ``dx3``; return (dweight, dbias) as (C,) device arrays in x's dtype.
-
-    ``mean``/``rstd`` are float64 (P, G) statistics of groups of ``count`` values;
-    ``stats_grad`` False treats them as constants (running statistics).
-    """
+def grad_sums(x3, dy3, mean, group, per_sample):
+    """float64 (P, C) ``sum(dy)`` and ``sum(dy * (x - mean))`` per channel (P = 1) or per
+    (sample, channel) (``per_sample``, P = N); ``mean`` is (P, G)."""
     n, channels, length = x3.shape
-    dtype = x3.dtype
-    planes = mean.shape[0]
-    per_sample = planes > 1  # with N = 1, per sample and per channel are the same reduction
+    planes = n if per_sample else 1
     span = length if per_sample else n * length
     chunks, chunk = partials(span)
     rows = planes * channels
     ps_dy = cuda.device_array((rows, chunks), np.float64)
     ps_dyx = cuda.device_array((rows, chunks), np.float64)
-    _partial_grad_sums[(rows, chunks), THREADS](x3, dy3, mean, group, per_sample, chunk, ps_dy, ps_dyx)
+    _partial_grad_sums[(rows, chunks), THREADS](x3, dy3, mean, group, bool(per_sample), chunk, ps_dy, ps_dyx)
     s_dy = cuda.device_array(rows, np.float64)
     s_dyx = cuda.device_array(rows, np.float64)
     sum_partials[_launch(rows)](ps_dy, ps_dyx, s_dy, s_dyx)
-    shape = (planes, channels)
-    s_dy = s_dy.reshape(shape)
-    s_dyx = s_dyx.reshape(shape)
-    w = ones(channels, dtype) if weight is None else weight
-    hi, lo, a, b, c3 = (cuda.device_array(shape, dtype) for _ in range(5))
-    _backward_coefs[_launch(a.size)](s_dy, s_dyx, mean, rstd, group, w, float(count), bool(stats_grad),
-                                     hi, lo, a, b, c3)
-    _apply_dx[_launch(x3.size)](x3, dy3, dx3, hi, lo, a, b, c3)
-    dweight = cuda.device_array(channels, dtype)
-    dbias = cuda.device_array(channels, dtype)
+    return s_dy.reshape(planes, channels), s_dyx.reshape(planes, channels)
+
+
+def apply_dx(x3, dy3, dx3, s_dy, s_dyx, mean, rstd, group, weight, count, use_input_stats):
+    """Fill ``dx3`` from (P, C) gradient sums and (P, G) statistics of groups of ``count`` values."""
+    channels = x3.shape[1]
+    shape = (s_dy.shape[0], channels)
+    w = param(weight, channels, 1.0, np.float64)
+    m, a, b, c3, sc = (cuda.device_array(shape, np.float64) for _ in range(5))
+    _dx_coefs[_launch(m.size)](s_dy, s_dyx, mean, rstd, group, w, float(count), bool(use_input_stats),
+                               m, a, b, c3, sc)
+    _apply_dx[_launch(x3.size)](x3, dy3, dx3, m, a, b, c3, sc)
+
+
+def param_grads(s_dy, s_dyx, rstd, group):
+    """float64 (C,) ``(dweight, dbias)`` from (P, C) gradient sums and (P, G) rstd."""
+    channels = s_dy.shape[1]
+    dweight = cuda.device_array(channels, np.float64)
+    dbias = cuda.device_array(channels, np.float64)
     _param_grads[_launch(channels)](s_dy, s_dyx, rstd, group, dweight, dbias)
     return dweight, dbias
+
+
+def backward(x3, dy3, dx3, mean, rstd, group, weight, count, use_input_stats):
+    """Fill ``dx3``; return float64 (C,) (dweight, dbias) device arrays.
+
+    ``mean``/``rstd`` are float64 (P, G) statistics of groups of ``count`` values;
+    ``use_input_stats`` False treats them as constants (running statistics).
+    """
+    per_sample = mean.shape[0] > 1  # with N = 1, per sample and per channel are the same reduction
+    s_dy, s_dyx = grad_sums(x3, dy3, mean, group, per_sample)
+    apply_dx(x3, dy3, dx3, s_dy, s_dyx, mean, rstd, group, weight, count, use_input_stats)
+    return param_grads(s_dy, s_dyx, rstd, group)

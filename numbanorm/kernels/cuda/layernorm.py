@@ -1,71 +1,40 @@
 """LayerNorm and RMSNorm on CUDA: statistics per row of a C-contiguous (R, D) array.
 
-The twin of :mod:`numbanorm.kernels.cpu.layernorm`. One block per row: its threads
-stride over the row (Welford), Chan-merge in shared memory, and normalize the row
-while it is in cache. RMSNorm is the same pass without the mean (``center=False``):
-the row's mean square replaces its variance (Zhang & Sennrich, 2019).
-Backward: one block per row for dx, and per-column dweight/dbias from float64
-partial sums over chunks of rows, summed by a second kernel.
+The twin of :mod:`numbanorm.kernels.cpu.layernorm`. A row's statistics are the
+per-sample "channel" statistics of the (R, 1, D) view, from the shared moments
+primitive (RMSNorm: its mean-square mode, ``center=False``); one element-wise pass then
+normalizes with the row's mean as an x-dtype hi/lo pair and per-element weight and bias.
+Backward: one block per row for dx (the bracket in float64), and per-column
+dweight/dbias from float64 partial sums over chunks of rows, summed by a second kernel.
 """
-
-import math
 
 import numpy as np
 from numba import cuda
 
 from ... import config
 from ._jit import THREADS, elementwise_blocks, kernel
-from .channels import sum_partials
-from .moments import block_merge, block_sum2, welford_add
+from .channels import _forward_coefs, sum_partials
+from .moments import block_sum2, channel_stats
+from .params import param
 
 __all__ = ["forward", "backward"]
 
 
 @kernel
-def _rows_forward(x2, y2, weight, bias, eps, center, mean, rstd):
-    """Normalize row ``blockIdx.x``; store its float64 mean and rstd."""
-    sh_n = cuda.shared.array(THREADS, np.float64)
-    sh_mean = cuda.shared.array(THREADS, np.float64)
-    sh_m2 = cuda.shared.array(THREADS, np.float64)
-    cast = cuda.shared.array(3, x2.dtype)  # hi, lo, rstd rounded to x's dtype
-    r = cuda.blockIdx.x
-    t = cuda.threadIdx.x
+def _normalize_rows(x2, y2, hi, lo, rs, weight, bias):
+    """``y = (((x - hi) - lo) * rstd) * weight + bias`` with (R, 1) row coefficients."""
     width = x2.shape[1]
-    n = 0.0
-    mu = 0.0
-    m2 = 0.0
-    for j in range(t, width, cuda.blockDim.x):
-        v = np.float64(x2[r, j])
-        if not center:
-            v = v * v
-        n, mu, m2 = welford_add(n, mu, m2, v)
-    n, mu, m2 = block_merge(n, mu, m2, sh_n, sh_mean, sh_m2)
-    if center:
-        var = m2 / width
-    else:
-        var = mu
-        mu = 0.0
-    inv = 1.0 / math.sqrt(var + eps)
-    if t == 0:
-        mean[r] = mu
-        rstd[r] = inv
-        cast[0] = mu
-        cast[1] = mu - cast[0]
-        cast[2] = inv
-    cuda.syncthreads()
-    hi = cast[0]
-    lo = cast[1]
-    rs = cast[2]
-    for j in range(t, width, cuda.blockDim.x):
-        y2[r, j] = (((x2[r, j] - hi) - lo) * rs) * weight[j] + bias[j]
+    for i in range(cuda.grid(1), x2.size, cuda.gridsize(1)):
+        r = i // width
+        j = i - r * width
+        y2[r, j] = (((x2[r, j] - hi[r, 0]) - lo[r, 0]) * rs[r, 0]) * weight[j] + bias[j]
 
 
 @kernel
 def _rows_backward(x2, dy2, dx2, weight, mean, rstd, center):
-    """dx of row ``blockIdx.x``: ``rstd * w * dy + c * ((x - hi) - lo) + b``."""
+    """dx of row ``blockIdx.x``: ``rstd * ((w * dy - mean(g)) - (x - mean) * rstd**2 * mean(g * (x - mean)))``."""
     sh_a = cuda.shared.array(THREADS, np.float64)
     sh_b = cuda.shared.array(THREADS, np.float64)
-    cast = cuda.shared.array(5, x2.dtype)  # hi, lo, rstd, b, c rounded to x's dtype
     r = cuda.blockIdx.x
     t = cuda.threadIdx.x
     width = x2.shape[1]
@@ -78,15 +47,11 @@ def _rows_backward(x2, dy2, dx2, weight, mean, rstd, center):
         s_g += g
         s_gx += g * (x2[r, j] - mu)
     s_g, s_gx = block_sum2(s_g, s_gx, sh_a, sh_b)
-    if t == 0:
-        cast[0] = mu
-        cast[1] = mu - cast[0]
-        cast[2] = inv
-        cast[3] = -inv * s_g / width if center else 0.0
-        cast[4] = -inv * inv * inv * s_gx / width
-    cuda.syncthreads()
+    b = s_g / width if center else 0.0
+    c = inv * inv * s_gx / width
     for j in range(t, width, cuda.blockDim.x):
-        dx2[r, j] = (cast[2] * weight[j]) * dy2[r, j] + cast[4] * ((x2[r, j] - cast[0]) - cast[1]) + cast[3]
+        bracket = (np.float64(weight[j]) * np.float64(dy2[r, j]) - b) - (np.float64(x2[r, j]) - mu) * c
+        dx2[r, j] = inv * bracket
 
 
 @kernel
@@ -108,26 +73,32 @@ def _column_partials(x2, dy2, mean, rstd, rows_per_chunk, pdw, pdb):
 
 
 def forward(x2, y2, weight, bias, eps, center):
-    """Fill ``y2`` and return float64 (mean, rstd) per row as device arrays;
-    weight/bias are (D,) device arrays in x's dtype."""
-    n_rows = x2.shape[0]
-    mean = cuda.device_array(n_rows, np.float64)
-    rstd = cuda.device_array(n_rows, np.float64)
-    if n_rows:
-        _rows_forward[n_rows, THREADS](x2, y2, weight, bias, float(eps), bool(center), mean, rstd)
-    return mean, rstd
+    """Fill ``y2`` and return float64 (mean, rstd) per row as device arrays; weight/bias (D,) or None.
 
-
-def backward(x2, dy2, dx2, weight, mean, rstd, center):
-    """Fill ``dx2`` and return (dweight, dbias) summed over rows, (D,) device arrays in x's dtype."""
+    Without ``center`` (RMSNorm) the mean is 0 and the mean square replaces the variance.
+    """
     n_rows, width = x2.shape
-    dweight = cuda.device_array(width, x2.dtype)
-    dbias = cuda.device_array(width, x2.dtype)
+    if n_rows == 0 or width == 0:
+        return cuda.device_array(n_rows, np.float64), cuda.device_array(n_rows, np.float64)
+    dtype = x2.dtype
+    _, mean, _, rstd = channel_stats(x2.reshape(n_rows, 1, width), True, eps, center)
+    hi, lo, scale, shift = (cuda.device_array((n_rows, 1), dtype) for _ in range(4))
+    one = param(None, 1, 1.0, dtype)
+    _forward_coefs[elementwise_blocks(n_rows), THREADS](mean, rstd, 1, one, param(None, 1, 0.0, dtype),
+                                                        hi, lo, scale, shift)
+    _normalize_rows[elementwise_blocks(x2.size), THREADS](x2, y2, hi, lo, scale, param(weight, width, 1.0, dtype),
+                                                          param(bias, width, 0.0, dtype))
+    return mean.reshape(n_rows), rstd.reshape(n_rows)
+
+
+def backward(x2, dy2, dx2, mean, rstd, weight, center):
+    """Fill ``dx2`` and return float64 (dweight, dbias) summed over rows, (D,) device arrays."""
+    n_rows, width = x2.shape
     if n_rows == 0:
-        dweight.copy_to_device(np.zeros(width, x2.dtype))
-        dbias.copy_to_device(np.zeros(width, x2.dtype))
-        return dweight, dbias
-    _rows_backward[n_rows, THREADS](x2, dy2, dx2, weight, mean, rstd, bool(center))
+        return param(None, width, 0.0), param(None, width, 0.0)
+    dweight = cuda.device_array(width, np.float64)
+    dbias = cuda.device_array(width, np.float64)
+    _rows_backward[n_rows, THREADS](x2, dy2, dx2, param(weight, width, 1.0, x2.dtype), mean, rstd, bool(center))
     chunks = max(1, min(n_rows, config.CUDA_MAX_PARTIALS))
     rows_per_chunk = -(-n_rows // chunks)
     chunks = -(-n_rows // rows_per_chunk)

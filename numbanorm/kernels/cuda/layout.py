@@ -1,17 +1,22 @@
-"""Device-side copies: strided <-> C-contiguous and dtype casts, for 1- to 5-D arrays.
+"""Memory layouts on a CUDA device: the twin of :mod:`numbanorm.kernels.cpu.layout`.
 
-The kernels run on C-contiguous (N, C, S) views. Other strides (a channels-last
-view, a slice) are copied into a contiguous array first, and the result is copied
-back into an array of the input's layout (:func:`empty_like_layout`), so the output
-keeps the input's memory order as on the CPU.
+The kernels run on C-contiguous views: ``("cf", (N, C, S))`` for the channel-wise
+families and ``("cf", (R, D))`` rows for LayerNorm and RMSNorm. Other strides (a
+channels-last view, a slice) are copied into a contiguous array first, and the result
+is copied back into an array of the input's memory order (:class:`Output`), so the
+output keeps the input's layout as on the CPU. Device-side copies and dtype casts
+serve 1- to 5-D arrays.
 """
+
+import math
 
 import numpy as np
 from numba import cuda
 
 from ._jit import THREADS, elementwise_blocks, kernel
 
-__all__ = ["copy", "contiguous", "cast", "empty_like_layout", "MAX_NDIM"]
+__all__ = ["copy", "contiguous", "cast", "empty_like_layout", "channel_view", "rows_view", "like_view", "Output",
+           "MAX_NDIM"]
 
 MAX_NDIM = 5
 
@@ -121,3 +126,45 @@ def empty_like_layout(x, dtype=None):
     if x.is_c_contiguous() or x.ndim < 2:
         return cuda.device_array(x.shape, dtype)
     return cuda.device_array(x.shape, dtype, strides=_dense_strides(x.shape, x.strides, dtype.itemsize))
+
+
+def channel_view(x, rows_2d=False):
+    """``("cf", (N, C, S))``: a C-contiguous view of x (a device copy when x is not C-contiguous).
+
+    ``rows_2d`` is accepted for the CPU's signature: on the device (N, C) input is
+    always (N, C, 1).
+    """
+    n, c = x.shape[0], x.shape[1]
+    return "cf", contiguous(x).reshape(n, c, math.prod(x.shape[2:]))
+
+
+def rows_view(x, width):
+    """``("cf", (R, width))``: x's trailing ``width`` values as C-contiguous rows."""
+    return "cf", contiguous(x).reshape(x.size // width if width else 0, width)
+
+
+def like_view(layout, x3, arr):
+    """``arr`` (shaped like the original input) as a C-contiguous view of x3's shape."""
+    return contiguous(arr).reshape(*x3.shape)
+
+
+class Output:
+    """Where a pass writes: ``view`` is the kernel's C-contiguous view, :meth:`result` the array returned.
+
+    The result is ``out`` when given, else a new array in x's memory order; when that
+    array is not C-contiguous the kernel writes a contiguous buffer that
+    :meth:`result` copies into it.
+    """
+
+    __slots__ = ("view", "_array", "_target")
+
+    def __init__(self, layout, x3, x, out=None):
+        self._array = empty_like_layout(x) if out is None else out
+        target = self._array if self._array.is_c_contiguous() else cuda.device_array(x.shape, x.dtype)
+        self.view = target.reshape(*x3.shape)
+        self._target = target
+
+    def result(self):
+        if self._target is not self._array:
+            copy(self._target, self._array)
+        return self._array

@@ -13,8 +13,9 @@ kernel as a device function, so the formula exists once. (Its CPU fast-math flag
 reaches NVVM as "fastmath on", which only changes float32 division and sqrt; the
 merge is all float64.)
 
-RMSNorm needs the mean of ``x**2`` instead (``center=False``): the same recurrence
-runs on ``x**2`` and only the merged mean is used.
+RMSNorm's mean-square mode (``center=False``) runs the same recurrence on ``x**2``
+and reports the moments about zero, ``(count, 0, sum(x**2))``, as the CPU primitive
+does, so that every caller finishes the statistics as ``var = M2 / count``.
 """
 
 import math
@@ -23,7 +24,8 @@ import numpy as np
 from numba import cuda
 
 from ..cpu.moments import chan_merge
-from ._jit import THREADS, device, kernel, partials
+from ._jit import THREADS, device, elementwise_blocks, kernel, partials
+from .layout import contiguous
 
 __all__ = [
     "chan_merge",
@@ -33,6 +35,8 @@ __all__ = [
     "channel_chunk",
     "partial_moments",
     "merge_moments",
+    "finish_stats",
+    "channel_moments",
     "channel_stats",
 ]
 
@@ -146,11 +150,11 @@ def partial_moments(x3, per_sample, center, chunk, pn, pmean, pm2):
 
 
 @kernel
-def merge_moments(pn, pmean, pm2, eps, center, mean, var, rstd):
+def merge_moments(pn, pmean, pm2, center, count, mean, m2):
     """Chan-merge the K partials of each row q of (Q, K) arrays; one block per row.
 
-    Writes float64 ``mean[q]``, biased ``var[q]`` and ``rstd[q] = 1 / sqrt(var + eps)``;
-    without ``center``, ``mean`` is 0 and ``var`` the mean square (RMSNorm).
+    Writes float64 ``count[q]``, ``mean[q]`` and ``m2[q]``; without ``center`` the partials
+    are moments of ``x**2`` and the result is the moments about zero, ``(n, 0, sum(x**2))``.
     """
     sh_n = cuda.shared.array(THREADS, np.float64)
     sh_mean = cuda.shared.array(THREADS, np.float64)
@@ -158,28 +162,39 @@ def merge_moments(pn, pmean, pm2, eps, center, mean, var, rstd):
     q = cuda.blockIdx.x
     n = 0.0
     mu = 0.0
-    m2 = 0.0
+    s = 0.0
     for k in range(cuda.threadIdx.x, pn.shape[1], cuda.blockDim.x):
-        n, mu, m2 = chan_merge(n, mu, m2, pn[q, k], pmean[q, k], pm2[q, k])
-    n, mu, m2 = block_merge(n, mu, m2, sh_n, sh_mean, sh_m2)
+        n, mu, s = chan_merge(n, mu, s, pn[q, k], pmean[q, k], pm2[q, k])
+    n, mu, s = block_merge(n, mu, s, sh_n, sh_mean, sh_m2)
     if cuda.threadIdx.x == 0:
+        count[q] = n
         if center:
-            vq = m2 / n
+            mean[q] = mu
+            m2[q] = s
         else:
-            vq = mu
-            mu = 0.0
-        mean[q] = mu
-        var[q] = vq
-        rstd[q] = 1.0 / math.sqrt(vq + eps)
+            mean[q] = 0.0
+            m2[q] = mu * n
 
 
-def channel_stats(x3, per_sample, eps, center=True):
-    """Statistics of the channels of a C-contiguous (N, C, S) device array.
+@kernel
+def finish_stats(mean, m2, count, eps, mean64, var, rstd):
+    """``var = m2 / count`` and ``rstd = 1 / sqrt(var + eps)`` per entry of 1-D arrays;
+    ``mean64`` is ``mean`` widened to float64 (running statistics come in their own dtype);
+    every entry holds the moments of ``count`` values."""
+    for i in range(cuda.grid(1), mean.shape[0], cuda.gridsize(1)):
+        v = np.float64(m2[i]) / count
+        mean64[i] = mean[i]
+        var[i] = v
+        rstd[i] = 1.0 / math.sqrt(v + eps)
+
+
+def channel_moments(x3, per_sample, center=True):
+    """Moments of the channels of a C-contiguous (N, C, S) device array.
 
     Per channel over samples and positions (P = 1) or per (sample, channel) over
-    positions (``per_sample``, P = N). Returns ``(count, mean, var, rstd)`` with float64
-    (P, C) device arrays: partial moments of up to ``config.CUDA_MAX_PARTIALS`` blocks
-    per channel, Chan-merged by a second kernel.
+    positions (``per_sample``, P = N). Returns ``(count, mean, M2)``: the count per
+    channel as a float, and float64 (P, C) device arrays, from the partial moments of
+    up to ``config.CUDA_MAX_PARTIALS`` blocks per channel, Chan-merged by a second kernel.
     """
     n, c, s = x3.shape
     planes = n if per_sample else 1
@@ -190,9 +205,29 @@ def channel_stats(x3, per_sample, eps, center=True):
     pmean = cuda.device_array((rows, chunks), np.float64)
     pm2 = cuda.device_array((rows, chunks), np.float64)
     partial_moments[(rows, chunks), THREADS](x3, bool(per_sample), bool(center), chunk, pn, pmean, pm2)
+    count = cuda.device_array(rows, np.float64)
     mean = cuda.device_array(rows, np.float64)
-    var = cuda.device_array(rows, np.float64)
-    rstd = cuda.device_array(rows, np.float64)
-    merge_moments[rows, THREADS](pn, pmean, pm2, float(eps), bool(center), mean, var, rstd)
+    m2 = cuda.device_array(rows, np.float64)
+    merge_moments[rows, THREADS](pn, pmean, pm2, bool(center), count, mean, m2)
     shape = (planes, c)
-    return float(span), mean.reshape(shape), var.reshape(shape), rstd.reshape(shape)
+    return float(span), mean.reshape(*shape), m2.reshape(*shape)
+
+
+def finish(mean, m2, count, eps):
+    """float64 ``(mean, var, rstd)`` device arrays of ``mean``'s shape from (mean, M2) of
+    ``count`` values each (``count`` a float; running statistics pass ``(mean, var, 1)``)."""
+    shape = tuple(mean.shape)
+    size = mean.size
+    out = [cuda.device_array(size, np.float64) for _ in range(3)]
+    if size:
+        finish_stats[elementwise_blocks(size), THREADS](contiguous(mean).reshape(size), contiguous(m2).reshape(size),
+                                                        float(count), float(eps), *out)
+    return tuple(a.reshape(*shape) for a in out)
+
+
+def channel_stats(x3, per_sample, eps, center=True):
+    """``(count, mean, var, rstd)`` of the channels of a C-contiguous (N, C, S) device array:
+    :func:`channel_moments`, finished; float64 (P, C) device arrays."""
+    count, mean, m2 = channel_moments(x3, per_sample, center)
+    mean, var, rstd = finish(mean, m2, count, eps)
+    return count, mean, var, rstd

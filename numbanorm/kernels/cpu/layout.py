@@ -1,9 +1,10 @@
-"""Memory layouts: map an (N, C, *spatial) array to a C-contiguous 3-D kernel view.
+"""Memory layouts on the CPU: map an input to the C-contiguous view a kernel runs on.
 
 Contiguous NCHW becomes ``("cf", (N, C, S))`` and channels-last memory (an NCHW-shaped
 view of NHWC data, ``x_nhwc.transpose(0, 3, 1, 2)``) becomes ``("cl", (N, S, C))``,
 both without a copy. Any other strides are copied once, into the layout whose
-channel stride they resemble. Outputs are allocated in the input's layout.
+channel stride they resemble. Rows (LayerNorm, RMSNorm) are ``("cf", (R, D))``.
+Outputs are allocated in the input's layout (:class:`Output`).
 """
 
 import functools
@@ -11,7 +12,7 @@ import math
 
 import numpy as np
 
-from . import _memory
+from ... import _memory
 
 __all__ = ["channel_view", "like_view", "new_output", "match_layout"]
 
@@ -63,6 +64,11 @@ def channel_view(x, rows_2d=False):
     return "cf", np.ascontiguousarray(x).reshape(n, c, s)
 
 
+def rows_view(x, width):
+    """``("cf", (R, width))``: x's trailing ``width`` values as rows, copied only when x is not C-contiguous."""
+    return "cf", np.ascontiguousarray(x).reshape(-1, width)
+
+
 def like_view(layout, x3, arr):
     """Bring ``arr`` (shaped like the original input) into the same 3-D view as ``x3``."""
     if layout == "cl" and arr.ndim > 2:
@@ -88,3 +94,26 @@ def match_layout(layout, x3, out):
     if layout == "cl" and out.ndim > 2:
         out = _channels_last(out)
     return out.reshape(x3.shape) if out.flags.c_contiguous else None
+
+
+class Output:
+    """Where a pass writes its result: ``view`` is the kernel's view, :meth:`result` the array returned.
+
+    The kernel writes straight into ``out`` when its layout matches ``x3``'s; otherwise
+    into a new array in x's layout, copied into ``out`` (when given) by :meth:`result`.
+    """
+
+    __slots__ = ("view", "_array", "_out")
+
+    def __init__(self, layout, x3, x, out=None):
+        view = None if out is None else match_layout(layout, x3, out)
+        if view is None:
+            self.view, self._array = new_output(layout, x3, x.shape)
+        else:
+            self.view, self._array = view, out
+        self._out = out
+
+    def result(self):
+        if self._out is not None and self._array is not self._out:
+            self._out[...] = self._array
+        return self._array if self._out is None else self._out
