@@ -1,7 +1,8 @@
 """numbanorm: Numba-accelerated CPU normalization layers.
 
 BatchNorm1d/2d/3d, LayerNorm, RMSNorm, GroupNorm and InstanceNorm1d/2d/3d with forward,
-backward, running statistics, and BatchNorm folding for inference (:mod:`numbanorm.fuse`).
+backward, running statistics, and BatchNorm folding for inference (:mod:`numbanorm.fuse`);
+SyncBatchNorm across processes (:mod:`numbanorm.distributed`, MPI or torch.distributed).
 Semantics match PyTorch; statistics are numerically stable (float64 block sums
 checked for cancellation, with a two-pass fallback, or lane-wise Welford, merged with
 Chan's formula) and the kernels are compiled with Numba.
@@ -18,6 +19,7 @@ from .layers import (
     InstanceNorm3d,
     LayerNorm,
     RMSNorm,
+    SyncBatchNorm,
 )
 
 __version__ = "0.1.0"
@@ -34,6 +36,7 @@ __all__ = [
     "InstanceNorm1d",
     "InstanceNorm2d",
     "InstanceNorm3d",
+    "SyncBatchNorm",
     "__version__",
 ]
 

@@ -25,6 +25,7 @@ Conventions
   ``torch.as_tensor(y, device="cuda")`` wrap it without a copy).
 """
 
+import contextlib
 import math
 import numbers
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from . import _validation as v
 from ._device import backend
+from .distributed.exchange import Exchange, merge_moments, sum_parts
 
 __all__ = [
     "batch_norm",
@@ -46,6 +48,10 @@ __all__ = [
     "instance_norm_backward",
     "normalized_shape_tuple",
 ]
+
+
+#: The context of a call without a communicator (:class:`Exchange` with one).
+_LOCAL = contextlib.nullcontext()
 
 
 # -- validation shared by the families -----------------------------------------------------
@@ -114,7 +120,7 @@ def _grad(be, g, x, given):
 # -- BatchNorm ---------------------------------------------------------------------------
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
-               eps=1e-5, *, out=None, return_stats=False):
+               eps=1e-5, *, out=None, return_stats=False, comm=None, check_input=None):
     r"""Batch normalization over the channel axis 1 (Ioffe & Szegedy, 2015).
 
     .. math::
@@ -145,6 +151,17 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     return_stats : bool
         Also return the float64 per-channel ``mean`` and ``rstd`` used, for
         :func:`batch_norm_backward`.
+    comm : numbanorm.distributed.Communicator, optional
+        In training, the batch is the union of every rank's ``x`` (SyncBatchNorm): each
+        rank's per-channel (count, mean, M2) goes through one all-gather and every rank
+        merges them with Chan's formula in rank order, so ``y``'s statistics and the
+        running statistics are those of the whole batch, identical on every rank. Ranks
+        may hold different batch sizes, zero included. Every rank must call; a bad input
+        on any rank makes every rank raise, with nothing changed. Without ``training``
+        nothing is exchanged.
+    check_input : callable, optional
+        Called with ``x`` before anything else, inside the exchange when there is one, so
+        that its errors reach every rank too (layers pass their dimension and channel checks).
 
     Returns
     -------
@@ -155,26 +172,37 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     S. Ioffe and C. Szegedy, "Batch Normalization: Accelerating Deep Network Training by
     Reducing Internal Covariate Shift", ICML 2015. arXiv:1502.03167
     """
-    be, x, c = _channels_input(x, 2)
-    running_mean, running_var, weight, bias = _params(be, x, (c,), running_mean=running_mean,
-                                                      running_var=running_var, weight=weight, bias=bias)
-    _running_pair(running_mean, running_var)
-    eps = v.check_eps(eps)
-    use_input_stats = bool(training) or running_mean is None
-    if training:
-        momentum = v.check_momentum(momentum, allow_none=False)
-    count = x.size // c if c else 0
-    if training and count <= 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
-    v.check_out(out, x)
-    if x.size == 0:
+    exchange = Exchange(comm, "batch_norm") if comm is not None and training else None
+    with exchange or _LOCAL:
+        if check_input is not None:
+            check_input(x)
+        be, x, c = _channels_input(x, 2)
+        running_mean, running_var, weight, bias = _params(be, x, (c,), running_mean=running_mean,
+                                                          running_var=running_var, weight=weight, bias=bias)
+        _running_pair(running_mean, running_var)
+        eps = v.check_eps(eps)
+        use_input_stats = bool(training) or running_mean is None
+        if training:
+            momentum = v.check_momentum(momentum, allow_none=False)
+        if exchange is None:
+            _check_count(x.size // c if c else 0, training, x.shape)
+        v.check_out(out, x)
+        layout, x3 = be.layout.channel_view(x)
+        if exchange is not None:
+            local = be.batchnorm.moments(layout, x3) if x.size else (0.0, np.zeros(c), np.zeros(c))
+            exchange.share(tuple(be.arrays.to_host(a) if i else a for i, a in enumerate(local)))
+    if exchange is not None:
+        count, mean, m2 = merge_moments(exchange.parts, "batch_norm")
+        _check_count(count, training, f"{tuple(x.shape)} on this rank, {count:g} values per channel in all")
+        mean, m2 = be.arrays.from_host(mean), be.arrays.from_host(m2)
+    elif x.size == 0:
         return _empty_forward(be, x, out, (c,), return_stats)
+    elif use_input_stats:
+        count, mean, m2 = be.batchnorm.moments(layout, x3)
 
-    layout, x3 = be.layout.channel_view(x)
     y = be.layout.Output(layout, x3, x, out)
     bn = be.batchnorm
     if use_input_stats:
-        count, mean, m2 = bn.moments(layout, x3)
         var, rstd = bn.normalize(layout, x3, y.view, mean, m2, count, weight, bias, eps)
         if training and running_mean is not None:
             _update_running(be, running_mean, running_var, mean, var, momentum, count)
@@ -185,7 +213,12 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     return (y, mean, rstd) if return_stats else y
 
 
-def batch_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_stats=True):
+def _check_count(count, training, size):
+    if training and count <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+
+
+def batch_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_stats=True, *, comm=None):
     r"""Gradients of :func:`batch_norm` given the statistics its forward used.
 
     With :math:`\hat x = (x - \mu)\,\sigma^{-1}` and sums over a channel's m values:
@@ -213,26 +246,37 @@ def batch_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_sta
         The forward's parameters; ``bias`` only decides whether ``dbias`` is returned.
     use_input_stats : bool
         Whether the forward normalized with the batch's own statistics.
+    comm : numbanorm.distributed.Communicator, optional
+        The forward's communicator: with ``use_input_stats``, every rank's per-channel
+        (count, sum dy, sum dy*(x - mean)) goes through one all-gather and is summed in
+        rank order, so dx equals a single-process BatchNorm's on the whole batch and
+        ``dweight``/``dbias`` are whole-batch sums, identical on every rank.
 
     Returns
     -------
     dx : array like ``x``; dweight, dbias : array (C,) in ``x``'s dtype, or None.
     """
-    be, x, c = _channels_input(x, 2, "x")
-    v.check_dy(dy, x)
-    mean = _stats(be, x, mean, "mean", (c,))
-    rstd = _stats(be, x, rstd, "rstd", (c,))
-    weight, bias = _params(be, x, (c,), weight=weight, bias=bias)
-    layout, x3 = be.layout.channel_view(x)
-    dx = be.layout.Output(layout, x3, x)
-    if x.size == 0:
-        dw = db = be.arrays.full(c, 0.0)
-    else:
+    exchange = Exchange(comm, "batch_norm_backward") if comm is not None and use_input_stats else None
+    with exchange or _LOCAL:
+        be, x, c = _channels_input(x, 2, "x")
+        v.check_dy(dy, x)
+        mean = _stats(be, x, mean, "mean", (c,))
+        rstd = _stats(be, x, rstd, "rstd", (c,))
+        weight, bias = _params(be, x, (c,), weight=weight, bias=bias)
+        layout, x3 = be.layout.channel_view(x)
+        count = x.size // c if c else 0
         dy3 = be.layout.like_view(layout, x3, be.arrays.asarray(dy))
-        bn = be.batchnorm
-        db, s_dyx = bn.grad_sums(layout, x3, dy3, mean)
-        dw = bn.apply_dx(layout, x3, dy3, dx.view, mean, rstd, weight, db, s_dyx, x.size // c,
-                         bool(use_input_stats))
+        if x.size:
+            db, s_dyx = be.batchnorm.grad_sums(layout, x3, dy3, mean)
+        else:
+            db = s_dyx = be.arrays.full(c, 0.0)
+        if exchange is not None:
+            exchange.share((np.array([float(count)]), be.arrays.to_host(db), be.arrays.to_host(s_dyx)))
+    if exchange is not None:
+        total, db, s_dyx = sum_parts(exchange.parts, "batch_norm_backward")
+        count, db, s_dyx = float(total[0]), be.arrays.from_host(db), be.arrays.from_host(s_dyx)
+    dx = be.layout.Output(layout, x3, x)
+    dw = be.batchnorm.apply_dx(layout, x3, dy3, dx.view, mean, rstd, weight, db, s_dyx, count, bool(use_input_stats))
     return dx.result(), _grad(be, dw, x, weight), _grad(be, db, x, bias)
 
 

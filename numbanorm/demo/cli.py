@@ -42,6 +42,10 @@ def build_parser():
                              "(default ./numbanorm-demo)")
     parser.add_argument("--no-plot", action="store_true",
                         help="do not draw the figure (matplotlib is then not needed)")
+    parser.add_argument("--ranks", type=int, default=None, metavar="N",
+                        help="instead: train the CNN data-parallel on N MPI ranks with SyncBatchNorm and "
+                             "compare its loss with one process on the whole batches "
+                             '(needs pip install "numbanorm[mpi]"; default 3 epochs, 2 with --quick)')
     return parser
 
 
@@ -166,6 +170,14 @@ def main(argv=None):
         print(f"numbanorm demo needs the optional package {missing!r}: "
               'pip install "numbanorm[demo]"', file=sys.stderr)
         return 1
+    if args.ranks is not None:
+        if args.ranks < 1:
+            build_parser().error("--ranks must be at least 1")
+        from .parallel import run_ranks
+
+        epochs = args.epochs if args.epochs is not None else (2 if args.quick else 3)
+        run_ranks(args.ranks, epochs=epochs, seed=args.seed, out=args.out, plot=not args.no_plot)
+        return 0
     epochs = args.epochs if args.epochs is not None else (QUICK_EPOCHS if args.quick else EPOCHS)
     run_demo(epochs=epochs, seed=args.seed, out=args.out, plot=not args.no_plot,
              timing_repeats=QUICK_TIMING_REPEATS if args.quick else TIMING_REPEATS)

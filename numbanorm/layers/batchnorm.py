@@ -6,9 +6,10 @@ import numpy as np
 
 from .. import _validation as v
 from .. import functional as F
+from ..distributed import as_communicator
 from .base import NormBase
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"]
 
 
 def check_num_features(num_features, name="num_features"):
@@ -102,8 +103,10 @@ class _BatchNorm(_NormWithRunningStats):
     Reducing Internal Covariate Shift", ICML 2015. arXiv:1502.03167
     """
 
+    #: The communicator of SyncBatchNorm; None: this process's batch alone.
+    _comm = None
+
     def forward(self, x):
-        self._check_input(x)
         update = self.training and self.track_running_stats
         use_running = not self.training or self.track_running_stats
         y, mean, rstd = F.batch_norm(
@@ -116,6 +119,8 @@ class _BatchNorm(_NormWithRunningStats):
             momentum=self._momentum_factor() if update else 0.0,
             eps=self.eps,
             return_stats=True,
+            comm=self._comm,
+            check_input=self._check_input,
         )
         if update:
             self.num_batches_tracked += 1
@@ -125,7 +130,7 @@ class _BatchNorm(_NormWithRunningStats):
 
     def _backward(self, saved, dy):
         return F.batch_norm_backward(dy, saved["x"], saved["mean"], saved["rstd"], self.weight, self.bias,
-                                     use_input_stats=saved["use_input_stats"])
+                                     use_input_stats=saved["use_input_stats"], comm=self._comm)
 
 
 class BatchNorm1d(_BatchNorm):
@@ -144,3 +149,102 @@ class BatchNorm3d(_BatchNorm):
     __doc__ = _BatchNorm.__doc__ + "\n    Input: (N, C, D, H, W), contiguous or channels-last.\n"
     _ndims = (5,)
     _dims_text = "5D"
+
+
+class SyncBatchNorm(_BatchNorm):
+    r"""BatchNorm over the union of the batches of a group of processes (data-parallel training).
+
+    .. math::
+
+        y = \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} \cdot \gamma + \beta
+
+    with mean and variance per channel over every rank's batch: in training, each
+    rank's per-channel float64 (count, mean, M2) goes through one all-gather and every
+    rank merges them with Chan's formula in rank order (never sums of squares), so the
+    normalization and the running statistics are those of the whole batch, bitwise the
+    same on every rank. Ranks may hold different batch sizes, zero included. Backward
+    exchanges the per-channel (count, sum dy, sum dy*(x - mean)) once: dx equals a
+    single-process BatchNorm's on the concatenated batch, and ``grad_weight`` /
+    ``grad_bias`` are the whole batch's sums, equal on every rank (PyTorch's
+    SyncBatchNorm leaves them per rank for DDP to average: here they need no averaging).
+    In evaluation nothing is exchanged.
+
+    Every rank must call the layer (forward, then backward) the same number of times; a
+    bad input on any rank (shape, channel count, dtype; NaN is data, not an error) makes
+    every rank raise the same error, and no state changes on any rank. A rank that never
+    calls ends in ``TimeoutError`` on the others (MPI: after ``comm.timeout`` seconds).
+
+    Parameters
+    ----------
+    num_features : int
+        C, the number of channels.
+    eps, momentum, affine, track_running_stats, dtype, bias
+        As for :class:`BatchNorm2d`.
+    comm : mpi4py communicator or numbanorm.distributed.Communicator, optional
+        The process group; default ``MPI.COMM_WORLD`` (needs ``pip install "numbanorm[mpi]"``).
+        A sub-communicator syncs within its group. A group of one is BatchNorm.
+
+    Notes
+    -----
+    Input: (N, C) or (N, C, *spatial) with 1 to 3 spatial dims, as BatchNorm1d/2d/3d take.
+    Run with ``mpiexec -n 4 python train.py``. ``SyncBatchNorm.convert`` turns existing
+    BatchNorm layers into this one, keeping their state. A pickled layer keeps its state,
+    not its communicator: it syncs over ``MPI.COMM_WORLD`` (or ``comm`` set again) after
+    unpickling.
+
+    References
+    ----------
+    S. Ioffe and C. Szegedy, ICML 2015 (arXiv:1502.03167); T. F. Chan, G. H. Golub and
+    R. J. LeVeque, "Updating formulae and a pairwise algorithm for computing sample
+    variances", 1979.
+    """
+
+    _ndims = (2, 3, 4, 5)
+    _dims_text = "2D to 5D"
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, comm=None,
+                 dtype=np.float32, *, bias=True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias=bias)
+        self.comm = comm
+
+    @property
+    def comm(self):
+        """The :class:`~numbanorm.distributed.Communicator` this layer syncs over."""
+        if self._comm is None:  # unpickled: the default group
+            self._comm = as_communicator(None)
+        return self._comm
+
+    @comm.setter
+    def comm(self, comm):
+        self._comm = as_communicator(comm)
+
+    def forward(self, x):
+        self._comm = self.comm  # the group is known before any state is touched
+        return super().forward(x)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_comm"] = None  # a communicator is a live connection, not state
+        return state
+
+    @classmethod
+    def convert(cls, layer_or_layers, comm=None):
+        """SyncBatchNorm layers in place of the BatchNorm1d/2d/3d ones in ``layer_or_layers``.
+
+        ``layer_or_layers`` is a layer (a new SyncBatchNorm sharing its parameter and
+        buffer arrays, mode and hyperparameters is returned; anything else is returned
+        as it is), a list or tuple of layers (a new list or tuple), or an object with a
+        ``layers`` list, such as the demo's ``Sequential`` (converted in place and returned).
+        """
+        if isinstance(layer_or_layers, _BatchNorm) and not isinstance(layer_or_layers, SyncBatchNorm):
+            old = layer_or_layers
+            new = cls.__new__(cls)
+            new.__dict__.update(old.__dict__)
+            new._saved = None
+            new.comm = comm
+            return new
+        if isinstance(layer_or_layers, (list, tuple)):
+            return type(layer_or_layers)(cls.convert(layer, comm) for layer in layer_or_layers)
+        if isinstance(getattr(layer_or_layers, "layers", None), list):
+            layer_or_layers.layers[:] = [cls.convert(layer, comm) for layer in layer_or_layers.layers]
+        return layer_or_layers

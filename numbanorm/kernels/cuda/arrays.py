@@ -11,7 +11,8 @@ from ._jit import THREADS, elementwise_blocks, kernel
 from .layout import contiguous, empty_like_layout
 from .layout import copy as copy_into
 
-__all__ = ["asarray", "astype", "full", "empty_like", "repeat_rows", "add_batch_axis", "to_host", "to_device"]
+__all__ = ["asarray", "astype", "full", "empty_like", "repeat_rows", "add_batch_axis", "to_host", "to_device",
+           "from_host"]
 
 
 def asarray(x):
@@ -80,3 +81,8 @@ def to_device(arr):
     """A device copy of a NumPy array (moving a layer's state: once, not per call)."""
     return cuda.to_device(np.ascontiguousarray(arr))
 
+
+
+def from_host(arr):
+    """A NumPy array (merged statistics of SyncBatchNorm) as a device array."""
+    return to_device(arr)
