@@ -2,9 +2,8 @@
 
 NumPy aligns array data to 16 bytes (in practice large arrays often start 16 bytes
 into a cache line). A 64-byte vector load or store from such an address straddles
-two cache lines, so every vector access costs two. Measured on BatchNorm2d
-channels-last eval (32, 64, 56, 56), float32, 2 threads: with its per-channel params
-at 16 mod 64 the pass ran at 1.52 copies, 64-byte aligned at 1.16. Outputs, packed
+two cache lines, so every vector access costs two (the README's performance history
+has the measurement). Outputs, packed
 params and column accumulators therefore come from :func:`empty` (or :func:`full`)
 when the pass that uses them is large; below ``config.ALIGN_MIN_ELEMENTS`` of work
 the extra microsecond of the aligned allocation costs more than it saves.

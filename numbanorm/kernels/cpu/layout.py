@@ -30,9 +30,9 @@ def _first_order(ndim):
 def _channels_last(x):
     """``x`` (N, C, *spatial) with the channel axis moved last, as a view.
 
-    ``np.moveaxis`` would do, but its argument normalization costs several
-    microseconds a call, paid on every layer call (about 10 us when a large pass
-    has just flushed the caches); a transpose with a cached axis order does not.
+    ``np.moveaxis`` would do, but its argument normalization costs microseconds on
+    every layer call (more when a large pass has just flushed the caches); a
+    transpose with a cached axis order does not.
     """
     return x.transpose(_last_order(x.ndim))
 
