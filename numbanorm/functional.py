@@ -197,13 +197,14 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         mean, m2 = be.arrays.from_host(mean), be.arrays.from_host(m2)
     elif x.size == 0:
         return _empty_forward(be, x, out, (c,), return_stats)
-    elif use_input_stats:
-        count, mean, m2 = be.batchnorm.moments(layout, x3)
 
     y = be.layout.Output(layout, x3, x, out)
     bn = be.batchnorm
     if use_input_stats:
-        var, rstd = bn.normalize(layout, x3, y.view, mean, m2, count, weight, bias, eps)
+        if exchange is not None:
+            var, rstd = bn.normalize(layout, x3, y.view, mean, m2, count, weight, bias, eps)
+        else:
+            count, mean, _, var, rstd = bn.forward_train(layout, x3, y.view, weight, bias, eps)
         if training and running_mean is not None:
             _update_running(be, running_mean, running_var, mean, var, momentum, count)
     else:
@@ -264,19 +265,24 @@ def batch_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_sta
         rstd = _stats(be, x, rstd, "rstd", (c,))
         weight, bias = _params(be, x, (c,), weight=weight, bias=bias)
         layout, x3 = be.layout.channel_view(x)
-        count = x.size // c if c else 0
         dy3 = be.layout.like_view(layout, x3, be.arrays.asarray(dy))
-        if x.size:
-            db, s_dyx = be.batchnorm.grad_sums(layout, x3, dy3, mean)
-        else:
-            db = s_dyx = be.arrays.full(c, 0.0)
         if exchange is not None:
+            count = x.size // c if c else 0
+            if x.size:
+                db, s_dyx = be.batchnorm.grad_sums(layout, x3, dy3, mean)
+            else:
+                db = s_dyx = be.arrays.full(c, 0.0)
             exchange.share((np.array([float(count)]), be.arrays.to_host(db), be.arrays.to_host(s_dyx)))
+    dx = be.layout.Output(layout, x3, x)
     if exchange is not None:
         total, db, s_dyx = sum_parts(exchange.parts, "batch_norm_backward")
-        count, db, s_dyx = float(total[0]), be.arrays.from_host(db), be.arrays.from_host(s_dyx)
-    dx = be.layout.Output(layout, x3, x)
-    dw = be.batchnorm.apply_dx(layout, x3, dy3, dx.view, mean, rstd, weight, db, s_dyx, count, bool(use_input_stats))
+        db, s_dyx = be.arrays.from_host(db), be.arrays.from_host(s_dyx)
+        dw = be.batchnorm.apply_dx(layout, x3, dy3, dx.view, mean, rstd, weight, db, s_dyx, float(total[0]),
+                                   bool(use_input_stats))
+    elif x.size:
+        dw, db = be.batchnorm.backward(layout, x3, dy3, dx.view, mean, rstd, weight, bool(use_input_stats))
+    else:
+        dw = db = be.arrays.full(c, 0.0)
     return dx.result(), _grad(be, dw, x, weight), _grad(be, db, x, bias)
 
 

@@ -5,17 +5,28 @@ Drivers over the shared channel passes; every array here is a C-contiguous 3-D v
 partial results are exposed before they are finished — the moments before the
 variance is formed, the gradient sums before dx — so that SyncBatchNorm can merge
 them across processes between the two halves of each pass.
+
+Without a merge in between, :func:`forward_train` and :func:`backward` run both halves
+in one pass per channel on contiguous (N, C, S) input: a channel's N planes are read
+for its statistics and read again for its output while they are still in cache, so x
+comes from memory once (the two-pass path reads it twice). Same arithmetic in the same
+order as the split drivers.
 """
 
+import numba
 import numpy as np
+from numba import prange
 
-from ... import _memory
+from ... import _memory, config
+from ._jit import cast_like, kernel
 from .channels import apply_dx_packed, channel_moments, normalize_packed
 from .channels import grad_sums as _grad_sums
-from .elementwise import pack_channel_dx, pack_stats
+from .elementwise import dx_slice, normalize_slice, pack_channel_dx, pack_stats
+from .moments import chan_merge, slice_moments
 from .params import param
+from .sums import slice_grad_sums
 
-__all__ = ["moments", "normalize", "grad_sums", "apply_dx"]
+__all__ = ["moments", "normalize", "grad_sums", "apply_dx", "forward_train", "backward"]
 
 
 def _channels(layout, x3):
@@ -63,3 +74,100 @@ def apply_dx(layout, x3, dy3, dx3, mean, rstd, weight, s_dy, s_dyx, count, use_i
                     bool(use_input_stats), q, dweight)
     apply_dx_packed(layout, x3, dy3, dx3, q)
     return dweight
+
+
+@kernel
+def channels_forward(x3, y3, weight, bias, eps, block, max_ratio, mean, m2, var, rstd):
+    """Fused BatchNorm of contiguous (N, C, S) input, parallel over channels.
+
+    Per channel: the moments of its N planes, Chan-merged in plane order (as
+    :func:`channel_moments` merges them), then the planes normalized with
+    ``(x - hi) * scale + shift'`` while they are in cache. ``weight``/``bias`` are (C,)
+    in x's dtype; float64 ``mean``, ``m2``, ``var``, ``rstd`` (C,) are filled.
+    """
+    n_samples, n_channels, _ = x3.shape
+    for c in prange(n_channels):
+        count, mu, q = 0.0, 0.0, 0.0
+        for n in range(n_samples):
+            k, p_mu, p_q = slice_moments(x3[n, c], block, max_ratio, True)
+            count, mu, q = chan_merge(count, mu, q, k, p_mu, p_q)
+        v = q / count
+        r = 1.0 / np.sqrt(v + eps)
+        mean[c] = mu
+        m2[c] = q
+        var[c] = v
+        rstd[c] = r
+        scale = r * weight[c]
+        hi = cast_like(mu, x3)
+        scale_x = cast_like(scale, x3)
+        shift_x = cast_like(np.float64(bias[c]) - (mu - hi) * scale, x3)
+        for n in range(n_samples):
+            normalize_slice(x3[n, c], y3[n, c], hi, scale_x, shift_x)
+
+
+@kernel
+def channels_backward(x3, dy3, dx3, mean, rstd, weight, use_input_stats, s_dy, s_dyx):
+    """Fused BatchNorm backward of contiguous (N, C, S) input, parallel over channels.
+
+    Per channel: ``sum(dy)`` and ``sum(dy * (x - mean))`` over its N planes into
+    float64 ``s_dy``/``s_dyx``, then dx of the planes while x and dy are in cache.
+    """
+    n_samples, n_channels, length = x3.shape
+    count = float(n_samples * length)
+    for c in prange(n_channels):
+        mu = mean[c]
+        a = 0.0
+        b = 0.0
+        for n in range(n_samples):
+            p, q = slice_grad_sums(x3[n, c], dy3[n, c], mu)
+            a += p
+            b += q
+        s_dy[c] = a
+        s_dyx[c] = b
+        r = rstd[c]
+        mean_dy = a / count if use_input_stats else 0.0
+        coef = r * r * b / count if use_input_stats else 0.0
+        scale = r * weight[c]
+        for n in range(n_samples):
+            dx_slice(x3[n, c], dy3[n, c], dx3[n, c], mu, 1.0, mean_dy, coef, scale)
+
+
+def _fused(layout, x3):
+    """One pass per channel: contiguous input, a channel that stays in cache between its
+    two reads, and enough channels to keep every thread busy."""
+    if layout != "cf":
+        return False
+    n, c, s = x3.shape
+    threads = numba.get_num_threads() if config.PARALLEL and x3.size >= config.PARALLEL_MIN_ELEMENTS else 1
+    return c >= 2 * threads and n * s * x3.itemsize <= config.FUSED_CHANNEL_BYTES
+
+
+def forward_train(layout, x3, y3, weight, bias, eps):
+    """Normalize with batch statistics; return float64 ``(count, mean, M2, var, rstd)`` per channel.
+
+    :func:`moments` then :func:`normalize`, fused into one pass per channel where the
+    layout allows.
+    """
+    if not _fused(layout, x3):
+        count, mean, m2 = moments(layout, x3)
+        var, rstd = normalize(layout, x3, y3, mean, m2, count, weight, bias, eps)
+        return count, mean, m2, var, rstd
+    n, c, s = x3.shape
+    mean, m2, var, rstd = (np.empty(c) for _ in range(4))
+    channels_forward(x3.size, x3, y3, param(weight, c, 1.0, x3.dtype), param(bias, c, 0.0, x3.dtype), eps,
+                     config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, mean, m2, var, rstd)
+    return float(n * s), mean, m2, var, rstd
+
+
+def backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats):
+    """Fill ``dx3``; return float64 (dweight, dbias): :func:`grad_sums` then :func:`apply_dx`,
+    fused into one pass per channel where the layout allows."""
+    if not _fused(layout, x3):
+        s_dy, s_dyx = grad_sums(layout, x3, dy3, mean)
+        count = x3.size // _channels(layout, x3)
+        return apply_dx(layout, x3, dy3, dx3, mean, rstd, weight, s_dy, s_dyx, count, use_input_stats), s_dy
+    c = x3.shape[1]
+    s_dy, s_dyx = np.empty(c), np.empty(c)
+    channels_backward(x3.size, x3, dy3, dx3, np.ascontiguousarray(mean), np.ascontiguousarray(rstd),
+                      param(weight, c, 1.0, x3.dtype), bool(use_input_stats), s_dy, s_dyx)
+    return s_dyx * rstd, s_dy

@@ -10,7 +10,7 @@ sums) are exposed before they are finished, for SyncBatchNorm.
 from . import channels
 from .moments import channel_moments, finish
 
-__all__ = ["moments", "normalize", "grad_sums", "apply_dx"]
+__all__ = ["moments", "normalize", "grad_sums", "apply_dx", "forward_train", "backward"]
 
 
 def moments(layout, x3):
@@ -49,3 +49,17 @@ def apply_dx(layout, x3, dy3, dx3, mean, rstd, weight, s_dy, s_dyx, count, use_i
     s_dy, s_dyx, mean, rstd = (a.reshape(1, c) for a in (s_dy, s_dyx, mean, rstd))
     channels.apply_dx(x3, dy3, dx3, s_dy, s_dyx, mean, rstd, 1, weight, count, use_input_stats)
     return channels.param_grads(s_dy, s_dyx, rstd, 1)[0]
+
+
+def forward_train(layout, x3, y3, weight, bias, eps):
+    """Normalize with batch statistics; return float64 ``(count, mean, M2, var, rstd)`` per channel."""
+    count, mean, m2 = moments(layout, x3)
+    var, rstd = normalize(layout, x3, y3, mean, m2, count, weight, bias, eps)
+    return count, mean, m2, var, rstd
+
+
+def backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats):
+    """Fill ``dx3``; return float64 (C,) (dweight, dbias): :func:`grad_sums` then :func:`apply_dx`."""
+    s_dy, s_dyx = grad_sums(layout, x3, dy3, mean)
+    count = x3.size // x3.shape[1]
+    return apply_dx(layout, x3, dy3, dx3, mean, rstd, weight, s_dy, s_dyx, count, use_input_stats), s_dy
