@@ -1,8 +1,9 @@
 """Code paths of the benchmark tooling: ``numbanorm.bench`` and the asv suite.
 
 Tiny shapes only, one repeat, no calibration time: these tests check that the
-benchmarks run and produce a table, a JSON file and a PNG. They never assert a
-timing (machines here are noisy; targets are measured by ``python -m numbanorm bench``).
+benchmarks run and produce a table, a JSON file and a PNG, and that every callable
+reads its input in the cache state it claims. They never assert a timing (machines here are noisy; targets are
+measured by ``python -m numbanorm bench``).
 """
 
 import importlib
@@ -11,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -19,17 +21,35 @@ import numpy as np
 import pytest
 
 from numbanorm import bench
+from numbanorm.bench import peers, pool, report, timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--repeat", "1", "--min-time", "0", "--no-progress"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SMALL_L3 = bench.CacheInfo(64 * 1024, "a test's small L3", True)
 
 
 def _table_rows(text):
-    """The body lines of the table printed by main (after the dashed rule)."""
+    """The header and body lines of the table printed by main (from the dashed rule
+    to the first blank line; the notes come after it)."""
     lines = text.strip().splitlines()
     rule = next(i for i, line in enumerate(lines) if set(line.replace(" ", "")) == {"-"})
-    return lines[rule - 1], lines[rule + 1:]
+    body = []
+    for line in lines[rule + 1:]:
+        if not line.strip():
+            break
+        body.append(line)
+    return lines[rule - 1], body
+
+
+def _cells(line):
+    """The cells of a table line (cells are separated by at least two spaces)."""
+    return re.split(r"\s{2,}", line.strip())
+
+
+def _column(header, body, name):
+    index = _cells(header).index(name)
+    return [_cells(line)[index] for line in body]
 
 
 def test_main_tiny_writes_table_json_and_png(tmp_path):
@@ -48,13 +68,16 @@ def test_main_tiny_writes_table_json_and_png(tmp_path):
 
     data = json.loads(json_path.read_text())
     assert data["meta"]["threads"] == 2
+    assert data["meta"]["cache"]["mode"] == "cold"
     rows = data["rows"]
     assert len(rows) == len(body)
     assert {r["pass"] for r in rows} == set(bench.PASSES)
     assert {r["op"] for r in rows} == {c.op for c in cases}
     for r in rows:
+        assert tuple(r) == bench.ROW_KEYS
         assert r["error"] is None
         assert r["numbanorm_s"] > 0 and r["copy_s"] > 0
+        assert r["cache"] == "cold" and r["pool_entries"] >= 2
         # default --stat paired: median times, ratios = medians of the per-repeat ratios
         ours = r["samples"]["numbanorm"]
         assert len(ours) == data["meta"]["repeat"]
@@ -70,7 +93,7 @@ def test_main_tiny_writes_table_json_and_png(tmp_path):
 @pytest.mark.parametrize("stat", ["median", "min"])
 def test_stat_median_and_min_give_ratios_of_the_statistic(stat):
     case = bench.Case("LayerNorm", (4, 8))
-    r = bench.measure(case, "train_forward", repeat=3, min_time=0.001, stat=stat)
+    r = bench.measure(case, "eval_forward", repeat=3, min_time=0.001, stat=stat)
     pick = statistics.median if stat == "median" else min
     assert r["numbanorm_s"] == pytest.approx(pick(r["samples"]["numbanorm"]))
     assert r["copies"] == pytest.approx(r["numbanorm_s"] / r["copy_s"])
@@ -78,25 +101,39 @@ def test_stat_median_and_min_give_ratios_of_the_statistic(stat):
         assert r["vs_torch"] == pytest.approx(r["torch_s"] / r["numbanorm_s"])
 
 
-def test_unknown_stat_is_refused():
+def test_unknown_stat_is_refused_before_anything_is_timed(monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("timed or built before the stat was checked")
+
+    monkeypatch.setattr(timing, "time_interleaved", must_not_run)
+    monkeypatch.setattr(timing, "make_input", must_not_run)
+    monkeypatch.setattr(timing, "make_pool", must_not_run)
     with pytest.raises(ValueError, match="unknown stat 'mean'"):
         bench.measure(bench.Case("LayerNorm", (4, 8)), "train_forward", repeat=1, min_time=0.001, stat="mean")
+    # the command line refuses it while parsing, before any row
+    monkeypatch.setattr("numbanorm.bench.cli.measure", must_not_run)
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--tiny", *FAST, "--stat", "mean"])
+    assert exc.value.code == 2
 
 
 def test_main_without_torch_says_na(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "_import_torch", lambda: None)
+    monkeypatch.setattr(peers, "import_torch", lambda: None)
     out = io.StringIO()
     json_path, png_path = tmp_path / "b.json", tmp_path / "b.png"
     cases = [bench.Case("LayerNorm", (4, 8)), bench.Case("BatchNorm2d", (2, 4, 3, 3))]
     rc = bench.main([*FAST, "--json", str(json_path), "--plot", str(png_path)], cases=cases,
                     out=out)
     assert rc == 0, out.getvalue()
-    _, body = _table_rows(out.getvalue())
+    header, body = _table_rows(out.getvalue())
     assert len(body) == 6
     assert all(line.count("n/a") == 2 for line in body)  # pytorch time and vs torch
+    assert set(_column(header, body, "pytorch")) == set(_column(header, body, "vs torch")) == {"n/a"}
+    assert "n/a pytorch: PyTorch is not installed (6 rows)" in out.getvalue()
     data = json.loads(json_path.read_text())
     assert data["meta"]["torch"] is None
     assert all(r["torch_s"] is None and r["vs_torch"] is None for r in data["rows"])
+    assert all(r["notes"]["torch"] == "PyTorch is not installed" for r in data["rows"])
     assert all(r["copies"] > 0 for r in data["rows"])
     assert png_path.read_bytes()[:8] == PNG_MAGIC
 
@@ -113,7 +150,7 @@ def test_plot_without_matplotlib_is_one_clear_line(tmp_path, monkeypatch, capsys
     def missing():
         raise ImportError("No module named 'matplotlib'")
 
-    monkeypatch.setattr(bench, "_import_pyplot", missing)
+    monkeypatch.setattr(report, "import_pyplot", missing)
     rc = bench.main(["--tiny", *FAST, "--plot", str(tmp_path / "p.png")])
     err = capsys.readouterr().err.strip()
     assert rc == 2
@@ -156,21 +193,39 @@ def test_usage_errors(capsys):
         bench.main(["--threads", "0"])
 
 
-def test_failing_row_is_reported_and_the_rest_runs(monkeypatch):
-    real = bench.make_numbanorm_layer
+def test_failing_row_is_reported_and_the_rest_runs(monkeypatch, tmp_path):
+    real = peers.make_numbanorm_layer
 
     def flaky(case):
         if case.op == "RMSNorm":
             raise RuntimeError("boom")
         return real(case)
 
-    monkeypatch.setattr(bench, "make_numbanorm_layer", flaky)
+    monkeypatch.setattr(peers, "make_numbanorm_layer", flaky)
     out = io.StringIO()
+    json_path = tmp_path / "b.json"
     cases = [bench.Case("RMSNorm", (4, 8)), bench.Case("LayerNorm", (4, 8))]
-    rc = bench.main([*FAST, "--pass", "eval_forward"], cases=cases, out=out)
+    rc = bench.main([*FAST, "--pass", "eval_forward", "--json", str(json_path)], cases=cases,
+                    out=out)
     assert rc == 1
     _, body = _table_rows(out.getvalue())
     assert "error" in body[0] and "error" not in body[1]
+    # the error row has the same keys as a measured one
+    failed, measured = json.loads(json_path.read_text())["rows"]
+    assert tuple(failed) == tuple(measured) == bench.ROW_KEYS
+    assert failed["error"] == "RuntimeError: boom" and failed["numbanorm_s"] is None
+    assert failed["shape"] == [4, 8] and failed["cache"] == "cold"
+
+
+def test_row_schema():
+    case = bench.Case("GroupNorm", (2, 4, 3, 3), groups=2)
+    row = bench.new_row(case, "eval_forward", 2, error="ValueError: x")
+    assert tuple(row) == bench.ROW_KEYS
+    assert row["groups"] == 2 and row["nbytes"] == 2 * 4 * 9 * 4 and row["notes"] == {}
+    measured = bench.measure(case, "eval_forward", threads=1, repeat=1, min_time=0.0)
+    assert tuple(measured) == bench.ROW_KEYS
+    with pytest.raises(KeyError, match="speed"):
+        bench.new_row(case, "eval_forward", 2, speed=1.0)
 
 
 @pytest.mark.parametrize("pass_", bench.PASSES)
@@ -179,7 +234,7 @@ def test_measure_row_and_agreement_with_torch(pass_):
     row = bench.measure(case, pass_, threads=1, repeat=1, min_time=0.0)
     assert row["shape"] == [3, 4, 5, 2] and row["pass"] == pass_ and row["threads"] == 1
     assert row["numbanorm_s"] > 0 and row["copy_s"] > 0
-    if bench._import_torch() is not None:
+    if bench.import_torch() is not None:
         assert row["torch_s"] > 0
         assert row["max_abs_diff"] < 1e-4
     only_copy = bench.measure(case, pass_, threads=1, repeat=1, min_time=0.0, torch=False)
@@ -237,12 +292,11 @@ def test_time_interleaved_and_format_table():
     assert res["a"]["repeat"] == 3 and res["a"]["median"] > 0 and res["a"]["number"] >= 1
     assert calls["a"] == 2 + 1 + 3 * res["a"]["number"]
 
-    row = dict(op="GroupNorm", groups=32, shape=[2, 64, 3, 3], layout="contiguous",
-               dtype="float32", threads=2, numbanorm_s=2e-6, torch_s=3e-3, copy_s=1.5,
-               vs_torch=1500.0, copies=1.3e-6, error=None)
-    err = dict(row, threads=1, error="ValueError: bad", numbanorm_s=None)
-    text = bench.format_table([dict(row, **{"pass": "train_step"}),
-                               dict(err, **{"pass": "eval_forward"})])
+    case = bench.Case("GroupNorm", (2, 64, 3, 3), groups=32)
+    row = bench.new_row(case, "train_step", 2, numbanorm_s=2e-6, torch_s=3e-3, copy_s=1.5,
+                        vs_torch=1500.0, copies=1.3e-6)
+    err = bench.new_row(case, "eval_forward", 1, error="ValueError: bad")
+    text = bench.format_table([row, err])
     header, body = _table_rows(text)
     assert "threads" in header
     assert "GroupNorm G=32" in body[0] and "2.0 us" in body[0] and "3.00 ms" in body[0]
@@ -258,6 +312,150 @@ def test_peak_extra_bytes_sees_a_temporary():
     if extra is None:
         pytest.skip("/proc/self/clear_refs is not writable here")
     assert extra > 0.8 * x.nbytes / 2  # the float32 temporary
+
+
+def test_import_numbanorm_stays_light():
+    code = ("import sys, numbanorm, numbanorm.bench; "
+            "print(sorted(m for m in ('torch', 'matplotlib') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------- cache state
+
+
+def _write_cache_dir(root, entries):
+    for i, (level, size) in enumerate(entries):
+        d = root / f"index{i}"
+        d.mkdir(parents=True)
+        (d / "level").write_text(f"{level}\n")
+        (d / "size").write_text(f"{size}\n")
+    return str(root)
+
+
+def test_last_level_cache_from_sysfs(tmp_path):
+    root = _write_cache_dir(tmp_path / "a", [(1, "32K"), (1, "32K"), (2, "1024K"), (3, "32768K")])
+    info = bench.last_level_cache(root)
+    assert info.l3_bytes == 32 * 2**20 and info.from_sysfs and root in info.note
+    # another unit, an unreadable entry skipped
+    root = _write_cache_dir(tmp_path / "b", [(2, "2M"), (3, "96M"), (3, "junk")])
+    assert bench.last_level_cache(root).l3_bytes == 96 * 2**20
+    assert pool.parse_cache_size("512") == 512
+    with pytest.raises(ValueError):
+        pool.parse_cache_size("big")
+
+
+def test_last_level_cache_falls_back_with_a_note(tmp_path):
+    for root in (str(tmp_path / "missing"), _write_cache_dir(tmp_path / "c", [(1, "48K"), (2, "2048K")])):
+        info = bench.last_level_cache(root)
+        assert info.l3_bytes == pool.L3_FALLBACK_BYTES == 32 * 2**20
+        assert not info.from_sysfs and "fallback" in info.note and "assumed" in info.note
+
+
+def _extent(a):
+    start = a.__array_interface__["data"][0]
+    return start, start + a.nbytes
+
+
+@pytest.mark.parametrize("layout", bench.LAYOUTS)
+def test_pool_entries_are_distinct_and_total_four_l3(layout):
+    case = bench.Case("BatchNorm2d", (4, 8, 4, 8), layout)  # 4 KiB
+    x, dy = bench.make_input(case)
+    p = bench.make_pool(x, dy, cache=SMALL_L3)
+    assert len(p) == math.ceil(4 * SMALL_L3.l3_bytes / x.nbytes) == 64
+    assert p.nbytes >= 4 * SMALL_L3.l3_bytes and not p.below_target and not p.hot
+    extents = sorted(_extent(a) for a in p.xs + p.dys)
+    assert len(extents) == 2 * len(p)
+    assert all(end <= start for (_, end), (start, _) in zip(extents[:-1], extents[1:], strict=True))
+    for xi, di in zip(p.xs, p.dys, strict=True):
+        assert xi.strides == x.strides and di.strides == dy.strides  # same layout
+        np.testing.assert_array_equal(xi, x)  # same values: every call does the same work
+        np.testing.assert_array_equal(di, dy)
+    assert p.xs[0] is x
+
+
+def test_pool_cursor_is_shared_and_walks_every_entry():
+    x = np.zeros(16, np.float32)
+    p = bench.Pool(bench.make_pool(x, cache=bench.CacheInfo(64, "tiny", True)).xs)
+    assert len(p) == 4
+    seen = []
+    a = bench.Runner(lambda i: seen.append(("a", i)), p)
+    b = bench.Runner(lambda i: seen.append(("b", i)), p)
+    for _ in range(3):
+        a(), b()
+    # one cursor for every callable: an entry is read again only after all the others
+    assert [i for _, i in seen] == [0, 1, 2, 3, 0, 1]
+    a.at(2)
+    assert seen[-1] == ("a", 2) and p.take() == 2  # at() does not move the cursor
+
+
+def test_pool_caps(monkeypatch):
+    # the largest canonical input gets two entries, a 25.7 MB one six (32 MiB L3)
+    l3 = 32 * 2**20
+    assert bench.pool_entries(64 * 128 * 56 * 56 * 4, l3) == 2
+    assert bench.pool_entries(32 * 64 * 56 * 56 * 4, l3) == 6
+    assert bench.pool_entries(128, l3) == pool.POOL_MAX_ENTRIES
+    monkeypatch.setattr(pool, "POOL_CAP_BYTES", 16 * 1024)
+    x = np.zeros(1024, np.float32)  # 4 KiB
+    p = bench.make_pool(x, cache=SMALL_L3)
+    assert len(p) == 4 and p.below_target  # the cap wins over 4 x L3
+    monkeypatch.setattr(pool, "POOL_CAP_BYTES", 1024)
+    assert len(bench.make_pool(x, cache=SMALL_L3)) == 2  # never fewer than two
+
+
+def test_every_peer_reads_the_pool():
+    case = bench.Case("LayerNorm", (8, 16))
+    x, dy = bench.make_input(case)
+    p = bench.make_pool(x, dy, cache=bench.CacheInfo(8 * x.nbytes, "test", True))
+    assert len(p) == 32
+    copy = bench.copy_runner(p)
+    outs = [copy() for _ in range(len(p))]
+    assert len({_extent(o) for o in outs}) == len(p)  # one destination per entry
+    assert all(o.ctypes.data % 64 == 0 for o in outs)
+    np.testing.assert_array_equal(outs[5], p.xs[5].ravel())
+    nb = bench.numbanorm_runner(case, "train_step", p)
+    start = p.take()
+    nb()
+    assert p.take() == (start + 2) % len(p)  # the step took one entry (x and dy together)
+
+
+def test_main_pool_follows_the_l3_size(monkeypatch, tmp_path):
+    monkeypatch.setattr(pool, "last_level_cache", lambda: SMALL_L3)
+    out = io.StringIO()
+    json_path = tmp_path / "b.json"
+    rc = bench.main(["--tiny", *FAST, "--filter", "LayerNorm 4x8 contiguous float32",
+                     "--json", str(json_path)], out=out)
+    assert rc == 0
+    assert "4 x L3 = 0.25 MiB" in out.getvalue() and SMALL_L3.source in out.getvalue()
+    data = json.loads(json_path.read_text())
+    assert data["meta"]["cache"]["l3_bytes"] == SMALL_L3.l3_bytes
+    for r in data["rows"]:
+        assert r["cache"] == "cold" and r["pool_bytes"] >= 4 * SMALL_L3.l3_bytes
+        assert r["pool_entries"] == 4 * SMALL_L3.l3_bytes // (4 * 8 * 4)
+
+
+def test_hot_reads_one_input(tmp_path, monkeypatch):
+    def no_sysfs():
+        raise AssertionError("--hot needs no cache size")
+
+    monkeypatch.setattr(pool, "last_level_cache", no_sysfs)
+    out = io.StringIO()
+    json_path = tmp_path / "b.json"
+    rc = bench.main(["--tiny", *FAST, "--hot", "--filter", "BatchNorm2d 2x4x3x3 channels_last",
+                     "--json", str(json_path)], out=out)
+    assert rc == 0
+    assert "cache: hot" in out.getvalue()
+    data = json.loads(json_path.read_text())
+    assert data["meta"]["cache"]["mode"] == "hot"
+    assert len(data["rows"]) == 3
+    for r in data["rows"]:
+        assert r["cache"] == "hot" and r["pool_entries"] == 1 and r["pool_bytes"] == r["nbytes"]
+    x, dy = bench.make_input(bench.Case("LayerNorm", (4, 8)))
+    p = bench.make_pool(x, dy, hot=True)
+    assert p.hot and p.xs[0] is x and p.dys[0] is dy and [p.take() for _ in range(3)] == [0, 0, 0]
 
 
 # ---------------------------------------------------------------------------- asv
@@ -307,6 +505,14 @@ def test_asv_grids_cover_every_canonical_row(asv_modules):
     assert spec <= covered
 
 
+def test_asv_uses_public_bench_helpers_only():
+    pattern = re.compile(r"bench\._\w+")
+    for name in os.listdir(os.path.join(ROOT, "asv_benchmarks", "benchmarks")):
+        if name.endswith(".py"):
+            with open(os.path.join(ROOT, "asv_benchmarks", "benchmarks", name)) as f:
+                assert not pattern.findall(f.read()), name
+
+
 def test_asv_benchmarks_run_on_a_small_row(asv_modules):
     ln = asv_modules["layernorm"]
     params = ((32, 768), "contiguous", "float32")
@@ -318,7 +524,7 @@ def test_asv_benchmarks_run_on_a_small_row(asv_modules):
         copies = b.track_copies(*params, pass_)
         assert copies > 0
         vs_torch = b.track_vs_torch(*params, pass_)
-        assert vs_torch > 0 or (math.isnan(vs_torch) and bench._import_torch() is None)
+        assert vs_torch > 0 or (math.isnan(vs_torch) and bench.import_torch() is None)
     m = ln.LayerNormMemory()
     m.setup(*params)
     m.peakmem_forward(*params)
@@ -333,7 +539,7 @@ def test_asv_skips_rows_outside_the_spec(asv_modules, monkeypatch):
     monkeypatch.setattr(common, "FULL_GRID", False)
     b = asv_modules["layernorm"].LayerNorm()
     with pytest.raises(NotImplementedError):
-        b.setup((32, 768), "contiguous", "float64", "train_forward")  # not a SPEC row
+        b.setup((32, 768), "contiguous", "float64", "train_forward")  # not a canonical row
 
 
 def test_cli_entry_point(tmp_path):

@@ -8,18 +8,21 @@ Every family module defines two classes per layer, both over the grid
 ``shape x layout x dtype`` (class attributes ``shapes``, ``layouts``, ``dtypes``):
 
 * ``<Layer>`` (:class:`PassBenchmark`, plus a ``pass`` parameter):
-  ``time_pass`` (numbanorm alone, asv's timer), ``track_vs_torch`` (PyTorch time /
+  ``time_pass`` (numbanorm alone, asv's timer; each call reads the next input of a
+  pool of at least 4 x L3, :func:`numbanorm.bench.make_pool`, as
+  ``python -m numbanorm bench`` does), ``track_vs_torch`` (PyTorch time /
   numbanorm time, >1: numbanorm faster) and ``track_copies`` (numbanorm time / time of
   a same-size parallel copy). PyTorch and the copy are measured inside the benchmark,
-  interleaved with numbanorm, by the helpers of :mod:`numbanorm.bench`.
+  interleaved with numbanorm, by the public helpers of :mod:`numbanorm.bench`.
 * ``<Layer>Memory`` (:class:`MemoryBenchmark`): ``peakmem_forward``,
   ``peakmem_backward`` (peak RSS: resident set after setup plus the call's peak; the
   peak is reset at the end of setup on Linux), and ``track_forward_temp_mib`` /
   ``track_backward_temp_mib``: memory a call adds beyond the arrays it must return
   (0 means no full-size temporaries).
 
-Only the rows of SPEC.md run by default (the other grid points are skipped, so that
-``asv run --python=same --quick`` stays short); ``NUMBANORM_ASV_FULL_GRID=1`` runs the
+Only numbanorm's canonical rows (:func:`numbanorm.bench.canonical_cases`) run by
+default (the other grid points are skipped, so that ``asv run --python=same --quick``
+stays short); ``NUMBANORM_ASV_FULL_GRID=1`` runs the
 whole grid. ``NUMBANORM_BENCH_THREADS`` sets the thread count (default 2, capped by
 ``NUMBA_NUM_THREADS``).
 """
@@ -48,7 +51,7 @@ LAYOUTS = list(bench.LAYOUTS)
 DTYPES = list(bench.DTYPES)
 MIB = float(2**20)
 
-#: (op, shape, layout, dtype) of the rows of SPEC.md.
+#: (op, shape, layout, dtype) of numbanorm's canonical rows.
 CANONICAL = {(c.op, c.shape, c.layout, c.dtype) for c in bench.canonical_cases()}
 
 
@@ -83,7 +86,7 @@ class _NormBase(Benchmark, ABC):
     def _make_case(self, shape, layout, dtype):
         key = (self.op, tuple(shape), layout, dtype)
         if not FULL_GRID and key not in CANONICAL:
-            raise NotImplementedError("not a row of SPEC.md (NUMBANORM_ASV_FULL_GRID=1 runs it)")
+            raise NotImplementedError("not a canonical row (NUMBANORM_ASV_FULL_GRID=1 runs it)")
         try:
             case = bench.Case(self.op, shape, layout, dtype, groups=self.groups)
         except ValueError as exc:
@@ -104,14 +107,15 @@ class PassBenchmark(_NormBase):
         self.case = self._make_case(shape, layout, dtype)
         self.pass_ = pass_
         self.x, self.dy = bench.make_input(self.case)
-        self.run = bench.numbanorm_runner(self.case, pass_, self.x, self.dy)
-        self.run()  # compile (or load from the cache) and touch the pages
+        pool = bench.make_pool(self.x, self.dy if pass_ == "train_step" else None)
+        self.run = bench.numbanorm_runner(self.case, pass_, pool)
+        self.run()  # compile (or load from the cache)
 
     def time_pass(self, shape, layout, dtype, pass_):
         self.run()
 
     def track_vs_torch(self, shape, layout, dtype, pass_):
-        if bench._import_torch() is None:
+        if bench.import_torch() is None:
             return math.nan
         row = bench.measure(self.case, pass_, THREADS, data=(self.x, self.dy), copy=False,
                             check=False, repeat=self.ratio_repeat,
