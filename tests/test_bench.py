@@ -1,8 +1,9 @@
 """Code paths of the benchmark tooling: ``numbanorm.bench`` and the asv suite.
 
 Tiny shapes only, one repeat, no calibration time: these tests check that the
-benchmarks run and produce a table, a JSON file and a PNG, and that every callable
-reads its input in the cache state it claims. They never assert a timing (machines here are noisy; targets are
+benchmarks run and produce a table, a JSON file and a PNG, that every callable reads
+its input in the cache state it claims, and that the ONNX Runtime peer computes what
+numbanorm computes. They never assert a timing (machines here are noisy; targets are
 measured by ``python -m numbanorm bench``).
 """
 
@@ -26,6 +27,7 @@ from numbanorm.bench import peers, pool, report, timing
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--repeat", "1", "--min-time", "0", "--no-progress"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+HAVE_ORT = bench.import_onnxruntime() is not None
 SMALL_L3 = bench.CacheInfo(64 * 1024, "a test's small L3", True)
 
 
@@ -59,12 +61,15 @@ def test_main_tiny_writes_table_json_and_png(tmp_path):
                     out=out)
     assert rc == 0, out.getvalue()
     header, body = _table_rows(out.getvalue())
-    for column in ("op", "shape", "layout", "dtype", "pass", "numbanorm", "pytorch", "copy",
-                   "vs torch", "copies"):
+    for column in ("op", "shape", "layout", "dtype", "pass", "numbanorm", "pytorch", "ort",
+                   "copy", "vs torch", "vs ort", "copies"):
         assert column in header
     cases = bench.tiny_cases()
     assert len(body) == len(cases) * len(bench.PASSES)
     assert not any("error" in line for line in body)
+    # ONNX Runtime cells: "-" on training passes, a value (or n/a) on eval rows
+    for line, cell in zip(body, _column(header, body, "vs ort"), strict=True):
+        assert (cell != "-") == ("eval_forward" in line)
 
     data = json.loads(json_path.read_text())
     assert data["meta"]["threads"] == 2
@@ -87,6 +92,13 @@ def test_main_tiny_writes_table_json_and_png(tmp_path):
         if data["meta"]["torch"] is not None:
             assert r["vs_torch"] == pytest.approx(statistics.median(
                 t / o for t, o in zip(r["samples"]["torch"], ours, strict=True)))
+        if r["pass"] != "eval_forward":
+            assert r["ort_s"] is None and "ort" not in r["samples"] and "ort" not in r["notes"]
+        elif r["ort_s"] is not None:
+            assert r["vs_ort"] == pytest.approx(statistics.median(
+                t / o for t, o in zip(r["samples"]["ort"], ours, strict=True)))
+        else:
+            assert r["notes"]["ort"]  # n/a says why
     assert png_path.read_bytes()[:8] == PNG_MAGIC
 
 
@@ -99,6 +111,8 @@ def test_stat_median_and_min_give_ratios_of_the_statistic(stat):
     assert r["copies"] == pytest.approx(r["numbanorm_s"] / r["copy_s"])
     if r["torch_s"] is not None:
         assert r["vs_torch"] == pytest.approx(r["torch_s"] / r["numbanorm_s"])
+    if r["ort_s"] is not None:
+        assert r["vs_ort"] == pytest.approx(r["ort_s"] / r["numbanorm_s"])
 
 
 def test_unknown_stat_is_refused_before_anything_is_timed(monkeypatch):
@@ -127,7 +141,9 @@ def test_main_without_torch_says_na(tmp_path, monkeypatch):
     assert rc == 0, out.getvalue()
     header, body = _table_rows(out.getvalue())
     assert len(body) == 6
-    assert all(line.count("n/a") == 2 for line in body)  # pytorch time and vs torch
+    for line in body:  # pytorch time and vs torch (and ORT's two where it is missing)
+        ort_na = 2 if "eval_forward" in line and not HAVE_ORT else 0
+        assert line.count("n/a") == 2 + ort_na
     assert set(_column(header, body, "pytorch")) == set(_column(header, body, "vs torch")) == {"n/a"}
     assert "n/a pytorch: PyTorch is not installed (6 rows)" in out.getvalue()
     data = json.loads(json_path.read_text())
@@ -237,8 +253,15 @@ def test_measure_row_and_agreement_with_torch(pass_):
     if bench.import_torch() is not None:
         assert row["torch_s"] > 0
         assert row["max_abs_diff"] < 1e-4
-    only_copy = bench.measure(case, pass_, threads=1, repeat=1, min_time=0.0, torch=False)
+    if pass_ == "eval_forward" and HAVE_ORT:
+        assert row["ort_s"] > 0 and row["vs_ort"] > 0
+        assert row["ort_max_abs_diff"] < 1e-4
+    else:
+        assert row["ort_s"] is None and row["ort_max_abs_diff"] is None
+    only_copy = bench.measure(case, pass_, threads=1, repeat=1, min_time=0.0, torch=False,
+                              ort=False)
     assert only_copy["torch_s"] is None and only_copy["copies"] > 0
+    assert only_copy["ort_s"] is None
 
 
 def test_make_input_layouts_and_dtypes():
@@ -301,6 +324,7 @@ def test_time_interleaved_and_format_table():
     assert "threads" in header
     assert "GroupNorm G=32" in body[0] and "2.0 us" in body[0] and "3.00 ms" in body[0]
     assert "1.500 s" in body[0] and "1500.00" in body[0]
+    assert _column(header, body[:1], "ort") == _column(header, body[:1], "vs ort") == ["-"]
     assert "error" in body[1]
 
 
@@ -316,7 +340,7 @@ def test_peak_extra_bytes_sees_a_temporary():
 
 def test_import_numbanorm_stays_light():
     code = ("import sys, numbanorm, numbanorm.bench; "
-            "print(sorted(m for m in ('torch', 'matplotlib') "
+            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'matplotlib') "
             "if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
@@ -458,6 +482,91 @@ def test_hot_reads_one_input(tmp_path, monkeypatch):
     assert p.hot and p.xs[0] is x and p.dys[0] is dy and [p.take() for _ in range(3)] == [0, 0, 0]
 
 
+# ------------------------------------------------------------------ ONNX Runtime
+
+ORT_CASES = [
+    bench.Case("BatchNorm2d", (2, 4, 3, 3)),
+    bench.Case("BatchNorm2d", (2, 4, 3, 3), "channels_last"),
+    bench.Case("BatchNorm2d", (2, 4, 3, 3), dtype="float64"),
+    bench.Case("BatchNorm1d", (8, 4)),
+    bench.Case("LayerNorm", (4, 8)),
+    bench.Case("LayerNorm", (4, 8), dtype="float64"),
+    bench.Case("RMSNorm", (4, 8)),
+    bench.Case("GroupNorm", (2, 6, 3, 3), groups=3),
+    bench.Case("GroupNorm", (2, 6, 3, 3), "channels_last", groups=3),
+    bench.Case("InstanceNorm2d", (2, 4, 3, 3)),
+    bench.Case("InstanceNorm2d", (2, 4, 3, 3), "channels_last"),
+]
+
+
+@pytest.mark.parametrize("case", ORT_CASES, ids=lambda c: c.label)
+def test_ort_model_computes_numbanorm_eval(case, rng):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    layer = bench.make_numbanorm_layer(case)
+    # parameters and running statistics away from their defaults, so that the model
+    # must carry them to agree
+    for name in ("weight", "bias", "running_mean"):
+        arr = getattr(layer, name, None)
+        if arr is not None:
+            arr[...] = rng.standard_normal(arr.shape)
+    if getattr(layer, "running_var", None) is not None:
+        layer.running_var[...] = rng.uniform(0.5, 2.0, layer.running_var.shape)
+    x, _ = bench.make_input(case, seed=3)
+    x = x * 3 + 1
+    try:
+        run = bench.ort_runner(case, bench.make_pool(x, hot=True), layer, threads=1)
+    except bench.PeerUnavailable as exc:
+        if re.search(r"NOT_IMPLEMENTED|not (?:be )?support|unsupported", str(exc), re.I):
+            pytest.skip(f"the installed onnxruntime does not run this: {exc}")
+        raise
+    got = run.at(0)
+    expected = layer.eval()(x)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    tol = 1e-5 if case.dtype == "float32" else 1e-10
+    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
+    opts = run.session.get_session_options()
+    assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
+
+
+def test_ort_session_threads_and_opsets():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    ops = {"GroupNorm": ("GroupNormalization", 21), "RMSNorm": ("RMSNormalization", 23),
+           "LayerNorm": ("LayerNormalization", 17)}
+    for op, (op_type, opset) in ops.items():
+        shape = (4, 8) if op != "GroupNorm" else (2, 4, 3, 3)
+        model = bench.make_onnx_model(bench.Case(op, shape))
+        assert model.graph.node[0].op_type == op_type
+        assert model.opset_import[0].version == opset
+    import onnxruntime as ort
+
+    session = bench.make_ort_session(bench.make_onnx_model(bench.Case("LayerNorm", (4, 8))), 2)
+    opts = session.get_session_options()
+    assert opts.intra_op_num_threads == 2 and opts.inter_op_num_threads == 1
+    assert opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+
+
+def test_ort_unavailable_row_says_why(monkeypatch):
+    case = bench.Case("LayerNorm", (4, 8))
+    monkeypatch.setattr(peers, "import_onnxruntime", lambda: None)
+    row = bench.measure(case, "eval_forward", threads=1, repeat=1, min_time=0.0, torch=False)
+    assert row["ort_s"] is None and row["vs_ort"] is None and "not installed" in row["notes"]["ort"]
+    monkeypatch.undo()
+    if not HAVE_ORT:
+        pytest.skip("onnxruntime is not installed")
+    # an operator the runtime does not know: n/a with the runtime's reason, not an error
+    monkeypatch.setitem(peers.ONNX_OPS, "LayerNorm", ("NoSuchNormalization", 17))
+    row = bench.measure(case, "eval_forward", threads=1, repeat=1, min_time=0.0, torch=False)
+    assert row["error"] is None and row["numbanorm_s"] > 0 and row["ort_s"] is None
+    assert "NoSuchNormalization" in row["notes"]["ort"]
+    out = io.StringIO()
+    assert bench.main([*FAST, "--pass", "eval_forward", "--no-torch"], cases=[case], out=out) == 0
+    header, body = _table_rows(out.getvalue())
+    assert _column(header, body, "ort") == _column(header, body, "vs ort") == ["n/a"]
+    assert "n/a ort: onnxruntime" in out.getvalue() and "NoSuchNormalization" in out.getvalue()
+
+
 # ---------------------------------------------------------------------------- asv
 
 
@@ -525,6 +634,11 @@ def test_asv_benchmarks_run_on_a_small_row(asv_modules):
         assert copies > 0
         vs_torch = b.track_vs_torch(*params, pass_)
         assert vs_torch > 0 or (math.isnan(vs_torch) and bench.import_torch() is None)
+        vs_ort = b.track_vs_ort(*params, pass_)
+        if pass_ == "eval_forward" and HAVE_ORT:
+            assert vs_ort > 0
+        else:
+            assert math.isnan(vs_ort)
     m = ln.LayerNormMemory()
     m.setup(*params)
     m.peakmem_forward(*params)
@@ -551,5 +665,5 @@ def test_cli_entry_point(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env=dict(os.environ, NUMBA_NUM_THREADS="2"))
     assert proc.returncode == 0, proc.stderr
-    assert "BatchNorm1d" in proc.stdout and "vs torch" in proc.stdout
+    assert "BatchNorm1d" in proc.stdout and "vs torch" in proc.stdout and "vs ort" in proc.stdout
     assert len(json.loads((tmp_path / "b.json").read_text())["rows"]) == 1

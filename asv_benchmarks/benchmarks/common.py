@@ -11,8 +11,10 @@ Every family module defines two classes per layer, both over the grid
   ``time_pass`` (numbanorm alone, asv's timer; each call reads the next input of a
   pool of at least 4 x L3, :func:`numbanorm.bench.make_pool`, as
   ``python -m numbanorm bench`` does), ``track_vs_torch`` (PyTorch time /
-  numbanorm time, >1: numbanorm faster) and ``track_copies`` (numbanorm time / time of
-  a same-size parallel copy). PyTorch and the copy are measured inside the benchmark,
+  numbanorm time, >1: numbanorm faster), ``track_vs_ort`` (ONNX Runtime time /
+  numbanorm time, eval forward only, NaN for the training passes) and
+  ``track_copies`` (numbanorm time / time of a same-size parallel copy). The peers
+  and the copy are measured inside the benchmark,
   interleaved with numbanorm, by the public helpers of :mod:`numbanorm.bench`.
 * ``<Layer>Memory`` (:class:`MemoryBenchmark`): ``peakmem_forward``,
   ``peakmem_backward`` (peak RSS: resident set after setup plus the call's peak; the
@@ -118,15 +120,26 @@ class PassBenchmark(_NormBase):
         if bench.import_torch() is None:
             return math.nan
         row = bench.measure(self.case, pass_, THREADS, data=(self.x, self.dy), copy=False,
-                            check=False, repeat=self.ratio_repeat,
+                            ort=False, check=False, repeat=self.ratio_repeat,
                             min_time=self.ratio_min_time)
         return row["vs_torch"]
 
     track_vs_torch.unit = "ratio"
 
+    def track_vs_ort(self, shape, layout, dtype, pass_):
+        # ONNX Runtime is an inference engine: only the eval forward pass has a peer.
+        if pass_ != "eval_forward":
+            return math.nan
+        row = bench.measure(self.case, pass_, THREADS, data=(self.x, self.dy), torch=False,
+                            copy=False, check=False, repeat=self.ratio_repeat,
+                            min_time=self.ratio_min_time)
+        return math.nan if row["vs_ort"] is None else row["vs_ort"]
+
+    track_vs_ort.unit = "ratio"
+
     def track_copies(self, shape, layout, dtype, pass_):
         row = bench.measure(self.case, pass_, THREADS, data=(self.x, self.dy), torch=False,
-                            check=False, repeat=self.ratio_repeat,
+                            ort=False, check=False, repeat=self.ratio_repeat,
                             min_time=self.ratio_min_time)
         return row["copies"]
 

@@ -34,14 +34,14 @@ def _parse_threads(text):
 def _parser():
     p = argparse.ArgumentParser(
         prog="python -m numbanorm bench",
-        description="Time numbanorm layers against PyTorch (same threads) "
+        description="Time numbanorm layers against PyTorch and ONNX Runtime (same threads) "
         "and a same-size parallel memory copy, on numbanorm's canonical shapes. By default "
         "every call reads its input from memory, not from cache.",
     )
     p.add_argument("--quick", action="store_true",
                    help="fewer repeats, shorter calibration, no (64,128,56,56) rows")
     p.add_argument("--threads", type=_parse_threads, default=None, metavar="N",
-                   help="thread count for numbanorm, PyTorch and the copy "
+                   help="thread count for numbanorm, PyTorch, ONNX Runtime and the copy "
                    "(default 2; a list like 1,2 measures every row at each count)")
     p.add_argument("--hot", action="store_true",
                    help="every call reads the same input, cache-resident as far as it fits "
@@ -61,6 +61,7 @@ def _parser():
                    help="seconds per repeat used to calibrate the calls per repeat "
                    "(default 0.1, 0.02 with --quick)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch (columns n/a)")
+    p.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime (columns n/a)")
     p.add_argument("--stat", choices=STATS, default="paired",
                    help="statistic over the repeats: 'paired' (default) gives median times "
                    "and ratios that are medians of per-repeat ratios; 'median' and 'min' "
@@ -131,7 +132,7 @@ def _cache_line(meta, rows):
 
 def _check_agreement(progress, label, row, dtype):
     tol = 1e-3 if dtype == "float32" else 1e-8
-    for key, peer in (("max_abs_diff", "PyTorch"),):
+    for key, peer in (("max_abs_diff", "PyTorch"), ("ort_max_abs_diff", "ONNX Runtime")):
         value = row[key]
         if value is not None and not value <= tol:
             progress.write(f"bench: warning: {label}: numbanorm differs from {peer} by "
@@ -210,7 +211,7 @@ def main(argv=None, *, cases=None, out=None):
             label = f"{case.label} {pass_}" + (f" t{threads}" if len(threads_list) > 1 else "")
             try:
                 row = measure(case, pass_, threads, repeat=repeat, min_time=min_time,
-                              torch=not args.no_torch, stat=args.stat,
+                              torch=not args.no_torch, ort=not args.no_ort, stat=args.stat,
                               hot=args.hot, cache=cache)
             except Exception as exc:  # noqa: BLE001  (a failing row must not hide the rest)
                 row = report.new_row(case, pass_, threads, cache=cache_meta["mode"],
@@ -228,10 +229,12 @@ def main(argv=None, *, cases=None, out=None):
     busy = list(dict.fromkeys(n for n in (busy_before, busy_after) if n))
     header = (f"numbanorm bench: {info['date']}, {info['cpu']} ({info['cpu_count']} CPUs), "
               f"threads={info['threads']}, numba {info['numba']}, "
-              f"torch {info['torch'] or 'not installed'}\n"
+              f"torch {info['torch'] or 'not installed'}, "
+              f"onnxruntime {info['onnxruntime'] or 'not installed'}\n"
               f"{_cache_line(cache_meta, rows)}\n"
-              f"{_STAT_NOTE[args.stat].format(repeat=repeat)}; vs torch = torch/numbanorm "
-              "(>1: numbanorm faster); copies = numbanorm/copy")
+              f"{_STAT_NOTE[args.stat].format(repeat=repeat)}; vs torch = torch/numbanorm, "
+              "vs ort = onnxruntime/numbanorm (>1: numbanorm faster; ort: eval forward only); "
+              "copies = numbanorm/copy")
     for note in busy:
         header += f"\nwarning: {note}"
     print(header, file=out)
@@ -246,6 +249,6 @@ def main(argv=None, *, cases=None, out=None):
     if args.plot:
         mode = "hot" if args.hot else "out of cache"
         report.write_plot(rows, args.plot,
-                          title=f"numbanorm vs PyTorch ({mode}), "
+                          title=f"numbanorm vs PyTorch and ONNX Runtime ({mode}), "
                           f"threads={info['threads']}, {info['cpu']}, {info['date']}")
     return 1 if any(r["error"] for r in rows) else 0

@@ -3,7 +3,7 @@
 A pass over a tensor that has just been read runs from cache as far as the tensor
 fits, and a copy of 2 x 25.7 MB partly stays in a 32 MiB L3 between repeats. Ratios
 of two callables are only comparable when both run in the same cache state, so by
-default every timed callable (numbanorm, PyTorch, the copy) reads its
+default every timed callable (numbanorm, PyTorch, ONNX Runtime, the copy) reads its
 input from a :class:`Pool`: distinct copies of the same input whose total is at least
 :data:`POOL_FACTOR` times the L3 size, walked with one cursor shared by every
 callable of the row. Between two reads of one entry, every other entry (at least
@@ -12,7 +12,8 @@ callable of the row. Between two reads of one entry, every other entry (at least
 sees when its input was just produced and fits in cache.
 
 Memory: a pool holds ``max(2, ceil(POOL_FACTOR * L3 / x.nbytes))`` entries of each
-array it pools (x; dy for a train step; the copy's destinations), capped at :data:`POOL_CAP_BYTES` per array and
+array it pools (x; dy for a train step; the copy's destinations; ONNX Runtime's
+NCHW copies of a channels-last x), capped at :data:`POOL_CAP_BYTES` per array and
 :data:`POOL_MAX_ENTRIES` entries. With a 32 MiB L3 that is 128 MiB per array (six
 entries of 25.7 MB), and for the largest canonical input (64, 128, 56, 56) float32
 two entries of 103 MB, about 620 MB for x, dy and the copy's outputs together.
@@ -52,7 +53,7 @@ SYSFS_CACHE_DIR = "/sys/devices/system/cpu/cpu0/cache"
 L3_FALLBACK_BYTES = 32 * 2**20
 #: A pool's inputs total at least this many L3 sizes.
 POOL_FACTOR = 4
-#: The most bytes one pooled array may take (x, dy, the copy's outputs).
+#: The most bytes one pooled array may take (x, dy, the copy's outputs, ORT's inputs).
 POOL_CAP_BYTES = 2**30
 #: The most entries of a pool: each entry is one Python object and one allocation.
 POOL_MAX_ENTRIES = 4096
@@ -164,8 +165,8 @@ class Pool:
 
     Notes
     -----
-    :meth:`take` is the one cursor of the row: numbanorm, PyTorch and the copy each
-    take the next entry, so an entry is read again only after every
+    :meth:`take` is the one cursor of the row: numbanorm, PyTorch, ONNX Runtime and
+    the copy each take the next entry, so an entry is read again only after every
     other entry has been.
     """
 

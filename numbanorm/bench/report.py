@@ -28,17 +28,18 @@ __all__ = [
 #:
 #: ``cache`` is "cold" (each call reads the next entry of a pool of at least 4 x L3)
 #: or "hot" (one input read again); ``pool_entries`` / ``pool_bytes`` describe the
-#: pool of x. Times are seconds per call; ``vs_torch`` = PyTorch / numbanorm (above 1:
-#: numbanorm is faster), ``copies`` = numbanorm / copy. ``max_abs_diff``: largest
-#: difference of numbanorm's y (or dx) to PyTorch's. ``samples``: per-repeat
+#: pool of x. Times are seconds per call; ``vs_torch`` = PyTorch / numbanorm and
+#: ``vs_ort`` = ONNX Runtime / numbanorm (above 1: numbanorm is faster), ``copies`` =
+#: numbanorm / copy. ``max_abs_diff`` / ``ort_max_abs_diff``: largest difference of
+#: numbanorm's y (or dx) to PyTorch's / ONNX Runtime's. ``samples``: per-repeat
 #: seconds per call of each callable. ``notes``: peer -> why it has no time in this
 #: row. ``error``: why the row failed, else None.
 ROW_KEYS = (
     "op", "shape", "layout", "dtype", "pass", "threads", "groups", "nbytes",
     "cache", "pool_entries", "pool_bytes",
-    "numbanorm_s", "torch_s", "copy_s",
-    "vs_torch", "copies",
-    "max_abs_diff",
+    "numbanorm_s", "torch_s", "ort_s", "copy_s",
+    "vs_torch", "vs_ort", "copies",
+    "max_abs_diff", "ort_max_abs_diff",
     "samples", "notes", "error",
 )
 
@@ -82,11 +83,15 @@ def _fmt_ratio(value):
 _VALUE_COLUMNS = (
     ("numbanorm", "numbanorm_s", _fmt_time),
     ("pytorch", "torch_s", _fmt_time),
+    ("ort", "ort_s", _fmt_time),
     ("copy", "copy_s", _fmt_time),
     ("vs torch", "vs_torch", _fmt_ratio),
+    ("vs ort", "vs_ort", _fmt_ratio),
     ("copies", "copies", _fmt_ratio),
 )
 _LEFT_COLUMNS = ("op", "shape", "layout", "dtype", "pass")
+#: ONNX Runtime is timed on the eval forward pass only: its cells in other rows are "-".
+_ORT_KEYS = ("ort_s", "vs_ort")
 
 
 def _row_cells(row, with_threads):
@@ -97,14 +102,19 @@ def _row_cells(row, with_threads):
         cells.append(str(row["threads"]))
     if row["error"]:
         return cells + ["error"] + [""] * (len(_VALUE_COLUMNS) - 1)
-    return cells + [fmt(row[key]) for _, key, fmt in _VALUE_COLUMNS]
+    for _, key, fmt in _VALUE_COLUMNS:
+        if key in _ORT_KEYS and row["pass"] != "eval_forward":
+            cells.append("-")
+        else:
+            cells.append(fmt(row[key]))
+    return cells
 
 
 def format_table(rows):
     """The rows as a fixed-width text table (values right-aligned, one line per row).
 
     A failed row shows "error"; "n/a" is a value that could not be measured (see
-    :func:`format_notes`).
+    :func:`format_notes`); "-" is an ONNX Runtime cell of a training pass.
     """
     with_threads = len({r["threads"] for r in rows}) > 1
     header = list(_LEFT_COLUMNS) + (["threads"] if with_threads else [])
@@ -128,7 +138,7 @@ def format_notes(rows):
     for r in rows:
         for peer, reason in (r["notes"] or {}).items():
             counts[(peer, reason)] = counts.get((peer, reason), 0) + 1
-    names = {"torch": "pytorch"}
+    names = {"torch": "pytorch", "ort": "ort"}
     return "\n".join(f"n/a {names.get(peer, peer)}: {reason} ({n} row{'s' * (n != 1)})"
                      for (peer, reason), n in counts.items())
 
@@ -156,6 +166,7 @@ def machine_info(threads, cache=None):
     except OSError:
         pass
     torch = peers.import_torch()
+    onnx_mods = peers.import_onnxruntime()
     try:
         import numbanorm
 
@@ -177,6 +188,7 @@ def machine_info(threads, cache=None):
         "numba": numba.__version__,
         "numba_threading_layer": layer,
         "torch": None if torch is None else torch.__version__,
+        "onnxruntime": None if onnx_mods is None else onnx_mods[1].__version__,
         "numbanorm": version,
         "threads": threads,
         "cache": cache,
@@ -202,15 +214,17 @@ def import_pyplot():
 #: Plot panels: (row key, x-axis label, text when no row has a value).
 _PANELS = (
     ("vs_torch", "PyTorch time / numbanorm time (>1: numbanorm faster)", "n/a (no PyTorch time)"),
+    ("vs_ort", "ONNX Runtime time / numbanorm time (eval forward)", "n/a (no ONNX Runtime time)"),
     ("copies", "numbanorm time / copy time (1 = memory floor)", "n/a"),
 )
 
 
 def write_plot(rows, path, title=None):
-    """Bar chart (matplotlib, Agg) of the ratios: vs PyTorch and copies.
+    """Bar chart (matplotlib, Agg) of the ratios: vs PyTorch, vs ONNX Runtime, copies.
 
     Bars start at 1 on a log axis (right of the line: numbanorm faster, or above the
-    floor); a failed row says "error", a missing value "n/a".
+    floor); a failed row says "error", a missing value "n/a", an ONNX Runtime cell of
+    a training pass stays empty.
     """
     plt = import_pyplot()
     from matplotlib import ticker
@@ -227,7 +241,7 @@ def write_plot(rows, path, title=None):
               "eval_forward": "tab:green"}
     ypos = np.arange(len(rows))
     height = max(3.0, 0.28 * len(rows) + 1.5)
-    fig, axes = plt.subplots(1, len(_PANELS), figsize=(14, height), sharey=True)
+    fig, axes = plt.subplots(1, len(_PANELS), figsize=(18, height), sharey=True)
     for ax, (key, xlabel, empty) in zip(axes, _PANELS, strict=True):
         values = [r[key] for r in rows]
         known = [v for v in values if v is not None and v > 0]
@@ -240,6 +254,8 @@ def write_plot(rows, path, title=None):
             lo, hi = min(known + [1.0]), max(known + [1.0])
             ax.set_xlim(lo / 1.6, hi * 1.6)
         for y, v, r in zip(ypos, values, rows, strict=True):
+            if key in _ORT_KEYS and r["pass"] != "eval_forward":
+                continue
             if v is None or v <= 0:
                 if not known and not r["error"]:
                     continue

@@ -47,8 +47,8 @@ def time_interleaved(runners, repeat=7, min_time=0.05, warmup=1, settle=0.003):
     warmup : int
         Untimed calls before calibration.
     settle : float
-        Seconds slept before each timed block. PyTorch and Numba's ``omp`` layer use
-        different thread pools whose idle threads spin for a while
+        Seconds slept before each timed block. PyTorch, ONNX Runtime and Numba's
+        ``omp`` layer use different thread pools whose idle threads spin for a while
         after a parallel region; on a machine with few cores the spinning threads of
         one library would slow the next block of another.
 
@@ -121,8 +121,8 @@ def _ratio(stat, pick, num, den):
 
 
 def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1, torch=True,
-            copy=True, check=True, data=None, stat="paired", hot=False, cache=None):
-    """Measure one row: numbanorm, PyTorch and the copy, interleaved, on ``threads`` threads.
+            ort=True, copy=True, check=True, data=None, stat="paired", hot=False, cache=None):
+    """Measure one row: numbanorm and its peers, interleaved, on ``threads`` threads.
 
     Parameters
     ----------
@@ -131,11 +131,11 @@ def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1, torch=
     threads : int
     repeat, min_time, warmup
         See :func:`time_interleaved`.
-    torch, copy : bool
-        Time PyTorch and the copy.
+    torch, ort, copy : bool
+        Time PyTorch, ONNX Runtime (eval forward only) and the copy.
     check : bool
         Compare numbanorm's output (y, or dx for a step) on the first pool entry
-        with PyTorch's (``max_abs_diff``).
+        with PyTorch's and ONNX Runtime's (``max_abs_diff``, ``ort_max_abs_diff``).
     data : (x, dy), optional
         The input (default :func:`make_input`); the pool's other entries are copies.
     stat : {"paired", "median", "min"}
@@ -174,6 +174,14 @@ def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1, torch=
             notes["torch"] = str(exc)
     else:
         notes["torch"] = "not measured (switched off)"
+    if pass_ == "eval_forward":
+        if ort:
+            try:
+                runners["ort"] = peers.ort_runner(case, pool, runners["numbanorm"].layer, threads)
+            except peers.PeerUnavailable as exc:
+                notes["ort"] = str(exc)
+        else:
+            notes["ort"] = "not measured (switched off)"
     if copy:
         runners["copy"] = peers.copy_runner(pool)
     result = time_interleaved(runners, repeat=repeat, min_time=min_time, warmup=warmup)
@@ -185,6 +193,9 @@ def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1, torch=
     if "torch" in result:
         row["torch_s"] = result["torch"][pick]
         row["vs_torch"] = _ratio(stat, pick, result["torch"], ours)
+    if "ort" in result:
+        row["ort_s"] = result["ort"][pick]
+        row["vs_ort"] = _ratio(stat, pick, result["ort"], ours)
     if "copy" in result:
         row["copy_s"] = result["copy"][pick]
         row["copies"] = _ratio(stat, pick, ours, result["copy"])
@@ -192,4 +203,6 @@ def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1, torch=
         got = runners["numbanorm"].at(0)
         if "torch" in runners:
             row["max_abs_diff"] = _max_abs_diff(got, runners["torch"].at(0))
+        if "ort" in runners:
+            row["ort_max_abs_diff"] = _max_abs_diff(got, runners["ort"].at(0))
     return row
