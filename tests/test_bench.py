@@ -582,36 +582,37 @@ def asv_modules():
 
 
 def _benchmark_classes(modules):
-    from benchmarks.common import MemoryBenchmark, PassBenchmark
+    from benchmarks.common import MemoryBenchmark, PassBenchmark, RatioBenchmark
 
     for module in modules.values():
         for name, obj in vars(module).items():
             if (isinstance(obj, type) and not name.startswith("_")
                     and not inspect.isabstract(obj)  # the bases, as asv sees them
-                    and issubclass(obj, (PassBenchmark, MemoryBenchmark))):
+                    and issubclass(obj, (PassBenchmark, RatioBenchmark, MemoryBenchmark))):
                 yield obj
 
 
 def test_asv_grids_cover_every_canonical_row(asv_modules):
-    covered = set()
     classes = list(_benchmark_classes(asv_modules))
-    assert {c.__name__ for c in classes} >= {
-        "BatchNorm2d", "BatchNorm1d", "LayerNorm", "RMSNorm", "GroupNorm", "InstanceNorm2d",
-        "BatchNorm2dMemory", "BatchNorm1dMemory", "LayerNormMemory", "RMSNormMemory",
-        "GroupNormMemory", "InstanceNorm2dMemory"}
+    names = {c.__name__ for c in classes}
+    for layer in ("BatchNorm2d", "BatchNorm1d", "LayerNorm", "RMSNorm", "GroupNorm", "InstanceNorm2d"):
+        assert {layer, layer + "Ratios", layer + "Memory"} <= names
+    covered = {"": set(), "Ratios": set(), "Memory": set()}
     for cls in classes:
         assert len(cls.params) == len(cls.param_names)
-        if cls.__name__.endswith("Memory"):
+        kind = next((k for k in ("Ratios", "Memory") if cls.__name__.endswith(k)), "")
+        if kind == "Memory":
             assert cls.param_names == ["shape", "layout", "dtype"]
         else:
             assert cls.param_names == ["shape", "layout", "dtype", "pass"]
             assert cls.params[3] == list(bench.PASSES)
-            for shape in cls.params[0]:
-                for layout in cls.params[1]:
-                    for dtype in cls.params[2]:
-                        covered.add((cls.op, tuple(shape), layout, dtype))
+        for shape in cls.params[0]:
+            for layout in cls.params[1]:
+                for dtype in cls.params[2]:
+                    covered[kind].add((cls.op, tuple(shape), layout, dtype))
     spec = {(c.op, c.shape, c.layout, c.dtype) for c in bench.canonical_cases()}
-    assert spec <= covered
+    for rows in covered.values():
+        assert spec <= rows
 
 
 def test_asv_uses_public_bench_helpers_only():
@@ -623,29 +624,77 @@ def test_asv_uses_public_bench_helpers_only():
 
 
 def test_asv_benchmarks_run_on_a_small_row(asv_modules):
+    common = importlib.import_module("benchmarks.common")
     ln = asv_modules["layernorm"]
     params = ((32, 768), "contiguous", "float32")
+    case = bench.Case("LayerNorm", (32, 768))
+    rows = common.measure_rows([case], repeat=2, min_time=0.0)
     for pass_ in bench.PASSES:
         b = ln.LayerNorm()
-        b.ratio_repeat, b.ratio_min_time = 1, 0.0
         b.setup(*params, pass_)
         b.time_pass(*params, pass_)
-        copies = b.track_copies(*params, pass_)
-        assert copies > 0
-        vs_torch = b.track_vs_torch(*params, pass_)
-        assert vs_torch > 0 or (math.isnan(vs_torch) and bench.import_torch() is None)
-        vs_ort = b.track_vs_ort(*params, pass_)
+        r = ln.LayerNormRatios()
+        r.setup(rows, *params, pass_)
+        row = rows[common.row_key(case, pass_)]
+        assert row["cache"] == "cold" and row["pool_entries"] >= 2
+        assert r.track_copies(rows, *params, pass_) == row["copies"] > 0
+        vs_torch = r.track_vs_torch(rows, *params, pass_)
+        if bench.import_torch() is None:
+            assert math.isnan(vs_torch) and row["notes"]["torch"]
+        else:
+            assert vs_torch == row["vs_torch"] > 0
+        vs_ort = r.track_vs_ort(rows, *params, pass_)
         if pass_ == "eval_forward" and HAVE_ORT:
-            assert vs_ort > 0
+            assert vs_ort == row["vs_ort"] > 0
         else:
             assert math.isnan(vs_ort)
-    m = ln.LayerNormMemory()
+
+
+def test_asv_ratios_are_the_measured_rows(asv_modules, monkeypatch):
+    """The track_ values are the paired ratios of one measurement, not a re-timing."""
+    common = importlib.import_module("benchmarks.common")
+    samples = {"numbanorm": [2.0, 4.0, 8.0], "torch": [3.0, 4.0, 4.0],
+               "ort": [1.0, 6.0, 8.0], "copy": [1.0, 1.0, 2.0]}
+
+    def fake_time_interleaved(runners, **kwargs):
+        return {name: {"median": statistics.median(samples[name]), "min": min(samples[name]),
+                       "samples": samples[name], "number": 1, "repeat": 3} for name in runners}
+
+    monkeypatch.setattr(timing, "time_interleaved", fake_time_interleaved)
+    case = bench.Case("LayerNorm", (32, 768))
+    rows = common.measure_rows([case], passes=["eval_forward"])
+    r = asv_modules["layernorm"].LayerNormRatios()
+    params = ((32, 768), "contiguous", "float32", "eval_forward")
+    r.setup(rows, *params)
+    assert r.track_copies(rows, *params) == statistics.median([2.0, 4.0, 4.0])
+    if bench.import_torch() is not None:
+        assert r.track_vs_torch(rows, *params) == statistics.median([1.5, 1.0, 0.5])
+    if HAVE_ORT:
+        assert r.track_vs_ort(rows, *params) == statistics.median([0.5, 1.5, 1.0])
+    # a row that failed in setup_cache makes its benchmarks fail, not report a number
+    broken = {k: dict(v, error="RuntimeError: boom") for k, v in rows.items()}
+    with pytest.raises(RuntimeError, match="boom"):
+        r.setup(broken, *params)
+
+
+def test_asv_memory_tracks_see_temporaries(asv_modules, monkeypatch):
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux /proc")
+    params = ((8192, 768), "contiguous", "float32")
+    m = asv_modules["layernorm"].LayerNormMemory()
     m.setup(*params)
     m.peakmem_forward(*params)
     m.peakmem_backward(*params)
-    for track in (m.track_forward_temp_mib, m.track_backward_temp_mib):
-        value = track(*params)
-        assert value >= 0 or math.isnan(value)
+    x_mib = m.x.nbytes / 2**20
+    forward, backward = m.track_forward_temp_mib(*params), m.track_backward_temp_mib(*params)
+    if math.isnan(forward):
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    # LayerNorm allocates its output and per-row statistics only: no full-size temporary
+    assert 0 <= forward < 0.25 * x_mib and 0 <= backward < 0.25 * x_mib
+    # and a full-size temporary is seen (the probe can fail)
+    layer = m.layer
+    m.layer = type("Leaky", (), {"__call__": lambda self, x: (layer(x), np.ones_like(x))[0]})()
+    assert m.track_forward_temp_mib(*params) > 0.8 * x_mib
 
 
 def test_asv_skips_rows_outside_the_spec(asv_modules, monkeypatch):
@@ -654,6 +703,9 @@ def test_asv_skips_rows_outside_the_spec(asv_modules, monkeypatch):
     b = asv_modules["layernorm"].LayerNorm()
     with pytest.raises(NotImplementedError):
         b.setup((32, 768), "contiguous", "float64", "train_forward")  # not a canonical row
+    r = asv_modules["layernorm"].LayerNormRatios()
+    with pytest.raises(NotImplementedError):
+        r.setup({}, (32, 768), "contiguous", "float64", "train_forward")
 
 
 def test_cli_entry_point(tmp_path):

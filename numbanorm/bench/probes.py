@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import os
 import time
 
-__all__ = ["busy_cpus", "busy_note", "peak_extra_bytes", "reset_peak_rss"]
+__all__ = ["busy_cpus", "busy_note", "peak_extra_bytes", "release_free_memory", "reset_peak_rss"]
 
 
 def _rss_bytes(field_name):
@@ -31,6 +33,29 @@ def reset_peak_rss():
     return True
 
 
+_LIBC = None
+
+
+def release_free_memory():
+    """Give the allocator's free pages back to the system (glibc ``malloc_trim``).
+
+    Without it, a temporary allocated where a freed array was (the previous call's
+    output, say) reuses pages that are already resident and adds nothing to the peak,
+    so a full-size temporary goes unseen. Returns False where there is no glibc.
+    """
+    global _LIBC
+    if _LIBC is None:
+        name = ctypes.util.find_library("c")
+        try:
+            _LIBC = ctypes.CDLL(name) if name else False
+        except OSError:
+            _LIBC = False
+    if not _LIBC or not hasattr(_LIBC, "malloc_trim"):
+        return False
+    _LIBC.malloc_trim(0)
+    return True
+
+
 def peak_extra_bytes(fn, expected_bytes=0):
     """Peak resident memory that one call of ``fn`` adds, minus ``expected_bytes``.
 
@@ -45,10 +70,12 @@ def peak_extra_bytes(fn, expected_bytes=0):
     Returns
     -------
     int or None
-        None where ``/proc/self/clear_refs`` and ``VmHWM`` are not available. Memory
-        that the allocator reuses without touching new pages is not seen.
+        None where ``/proc/self/clear_refs`` and ``VmHWM`` are not available. Free
+        memory is handed back first (:func:`release_free_memory`), so that the call's
+        allocations touch new pages and are seen.
     """
     gc.collect()
+    release_free_memory()
     if not reset_peak_rss():
         return None
     try:
