@@ -328,6 +328,25 @@ def test_time_interleaved_and_format_table():
     assert "error" in body[1]
 
 
+def test_wait_quiet_waits_for_spinning_threads(monkeypatch):
+    # a fake process whose other threads use a whole core for 7 slices, then stop
+    busy_slices = iter([1.0] * 7 + [0.0] * 100)
+    clock = {"cpu": 0.0, "sleeps": 0}
+
+    def sleep(seconds):
+        clock["sleeps"] += 1
+        clock["cpu"] += next(busy_slices) * seconds
+
+    monkeypatch.setattr(timing.time, "sleep", sleep)
+    monkeypatch.setattr(timing.time, "process_time", lambda: clock["cpu"])
+    assert bench.wait_quiet(least=0.003, most=0.05, step=0.001)
+    assert clock["sleeps"] == 1 + 7  # the first sleep is `least`, busy; 6 more busy, then one quiet
+    busy_slices = iter([1.0] * 1000)
+    clock["sleeps"] = 0
+    assert not bench.wait_quiet(least=0.003, most=0.05, step=0.001)  # gives up after `most`
+    assert clock["sleeps"] == 1 + 47
+
+
 def test_peak_extra_bytes_sees_a_temporary():
     if not os.path.exists("/proc/self/clear_refs"):
         pytest.skip("needs Linux /proc")

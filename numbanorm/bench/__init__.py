@@ -67,7 +67,7 @@ from .peers import (
 from .pool import CacheInfo, Pool, last_level_cache, make_pool, pool_entries
 from .probes import busy_cpus, peak_extra_bytes, reset_peak_rss
 from .report import ROW_KEYS, format_notes, format_table, machine_info, new_row, write_plot
-from .timing import STATS, measure, time_interleaved
+from .timing import STATS, measure, time_interleaved, wait_quiet
 
 __all__ = [
     "DTYPES",
@@ -111,5 +111,6 @@ __all__ = [
     "time_interleaved",
     "tiny_cases",
     "torch_runner",
+    "wait_quiet",
     "write_plot",
 ]

@@ -26,10 +26,35 @@ from .cases import PASSES, make_input
 from .pool import make_pool
 from .report import new_row
 
-__all__ = ["STATS", "measure", "time_interleaved"]
+__all__ = ["STATS", "measure", "time_interleaved", "wait_quiet"]
 
 #: Statistics over the repeats that :func:`measure` knows.
 STATS = ("paired", "median", "min")
+
+
+def wait_quiet(least=0.003, most=0.05, step=0.001, busy=0.1):
+    """Sleep ``least`` seconds, then until this process's threads stop using the CPU.
+
+    PyTorch, ONNX Runtime and Numba's ``omp`` layer keep their worker threads spinning
+    for a while after a parallel region: measured here (2 cores) 1 to 20 ms after a
+    LayerNorm (8192, 768) call of each. On a machine with few cores, a block timed
+    while another library's threads still spin runs on fewer cores. So after
+    ``least``, this sleeps in ``step`` slices until one slice in which the whole
+    process used under ``busy`` of a core (``time.process_time`` counts every
+    thread), or until ``most`` seconds in all.
+
+    Returns
+    -------
+    bool
+        True when the process went quiet, False when ``most`` ran out first.
+    """
+    time.sleep(least)
+    for _ in range(max(0, round((most - least) / step))):
+        t0 = time.process_time()
+        time.sleep(step)
+        if time.process_time() - t0 < busy * step:
+            return True
+    return False
 
 
 def time_interleaved(runners, repeat=7, min_time=0.05, warmup=1, settle=0.003):
@@ -47,10 +72,10 @@ def time_interleaved(runners, repeat=7, min_time=0.05, warmup=1, settle=0.003):
     warmup : int
         Untimed calls before calibration.
     settle : float
-        Seconds slept before each timed block. PyTorch, ONNX Runtime and Numba's
-        ``omp`` layer use different thread pools whose idle threads spin for a while
-        after a parallel region; on a machine with few cores the spinning threads of
-        one library would slow the next block of another.
+        Before each timed block, :func:`wait_quiet` sleeps at least this long and
+        then until the threads the previous block left spinning are idle (at most
+        50 ms), so that no block shares its cores with another library's idle
+        threads; 0 skips the wait.
 
     Returns
     -------
@@ -81,7 +106,7 @@ def time_interleaved(runners, repeat=7, min_time=0.05, warmup=1, settle=0.003):
                 fn = runners[name]
                 n = numbers[name]
                 if settle > 0:
-                    time.sleep(settle)
+                    wait_quiet(settle)
                 t0 = time.perf_counter()
                 for _ in range(n):
                     fn()
