@@ -22,7 +22,8 @@ def main(argv=None):
                                      description="numbanorm: Numba-accelerated normalization layers")
     parser.add_argument("command", choices=["demo", "bench", "info"],
                         help="demo: train small networks on digits with and without BatchNorm; "
-                             "bench: benchmark against PyTorch and a memory copy; info: versions and flags")
+                             "bench: benchmark against PyTorch, ONNX Runtime and a memory copy; "
+                             "info: versions and flags")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2

@@ -1,8 +1,10 @@
 """Code paths of the benchmark tooling: ``numbanorm.bench`` and the asv suite.
 
 Tiny shapes only, one repeat, no calibration time: these tests check that the
-benchmarks run and produce a table, a JSON file and a PNG. They never assert a
-timing (machines here are noisy; targets are measured by ``python -m numbanorm bench``).
+benchmarks run and produce a table, a JSON file and a PNG, that every callable reads
+its input in the cache state it claims, and that the ONNX Runtime peer computes what
+numbanorm computes. They never assert a timing (machines here are noisy; targets are
+measured by ``python -m numbanorm bench``).
 """
 
 import importlib
@@ -11,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -19,17 +22,36 @@ import numpy as np
 import pytest
 
 from numbanorm import bench
+from numbanorm.bench import peers, pool, report, timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--repeat", "1", "--min-time", "0", "--no-progress"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+HAVE_ORT = bench.import_onnxruntime() is not None
+SMALL_L3 = bench.CacheInfo(64 * 1024, "a test's small L3", True)
 
 
 def _table_rows(text):
-    """The body lines of the table printed by main (after the dashed rule)."""
+    """The header and body lines of the table printed by main (from the dashed rule
+    to the first blank line; the notes come after it)."""
     lines = text.strip().splitlines()
     rule = next(i for i, line in enumerate(lines) if set(line.replace(" ", "")) == {"-"})
-    return lines[rule - 1], lines[rule + 1:]
+    body = []
+    for line in lines[rule + 1:]:
+        if not line.strip():
+            break
+        body.append(line)
+    return lines[rule - 1], body
+
+
+def _cells(line):
+    """The cells of a table line (cells are separated by at least two spaces)."""
+    return re.split(r"\s{2,}", line.strip())
+
+
+def _column(header, body, name):
+    index = _cells(header).index(name)
+    return [_cells(line)[index] for line in body]
 
 
 def test_main_tiny_writes_table_json_and_png(tmp_path):
@@ -39,22 +61,28 @@ def test_main_tiny_writes_table_json_and_png(tmp_path):
                     out=out)
     assert rc == 0, out.getvalue()
     header, body = _table_rows(out.getvalue())
-    for column in ("op", "shape", "layout", "dtype", "pass", "numbanorm", "pytorch", "copy",
-                   "vs torch", "copies"):
+    for column in ("op", "shape", "layout", "dtype", "pass", "numbanorm", "pytorch", "ort",
+                   "copy", "vs torch", "vs ort", "copies"):
         assert column in header
     cases = bench.tiny_cases()
     assert len(body) == len(cases) * len(bench.PASSES)
     assert not any("error" in line for line in body)
+    # ONNX Runtime cells: "-" on training passes, a value (or n/a) on eval rows
+    for line, cell in zip(body, _column(header, body, "vs ort"), strict=True):
+        assert (cell != "-") == ("eval_forward" in line)
 
     data = json.loads(json_path.read_text())
     assert data["meta"]["threads"] == 2
+    assert data["meta"]["cache"]["mode"] == "cold"
     rows = data["rows"]
     assert len(rows) == len(body)
     assert {r["pass"] for r in rows} == set(bench.PASSES)
     assert {r["op"] for r in rows} == {c.op for c in cases}
     for r in rows:
+        assert tuple(r) == bench.ROW_KEYS
         assert r["error"] is None
         assert r["numbanorm_s"] > 0 and r["copy_s"] > 0
+        assert r["cache"] == "cold" and r["pool_entries"] >= 2
         # default --stat paired: median times, ratios = medians of the per-repeat ratios
         ours = r["samples"]["numbanorm"]
         assert len(ours) == data["meta"]["repeat"]
@@ -64,39 +92,64 @@ def test_main_tiny_writes_table_json_and_png(tmp_path):
         if data["meta"]["torch"] is not None:
             assert r["vs_torch"] == pytest.approx(statistics.median(
                 t / o for t, o in zip(r["samples"]["torch"], ours, strict=True)))
+        if r["pass"] != "eval_forward":
+            assert r["ort_s"] is None and "ort" not in r["samples"] and "ort" not in r["notes"]
+        elif r["ort_s"] is not None:
+            assert r["vs_ort"] == pytest.approx(statistics.median(
+                t / o for t, o in zip(r["samples"]["ort"], ours, strict=True)))
+        else:
+            assert r["notes"]["ort"]  # n/a says why
     assert png_path.read_bytes()[:8] == PNG_MAGIC
 
 
 @pytest.mark.parametrize("stat", ["median", "min"])
 def test_stat_median_and_min_give_ratios_of_the_statistic(stat):
     case = bench.Case("LayerNorm", (4, 8))
-    r = bench.measure(case, "train_forward", repeat=3, min_time=0.001, stat=stat)
+    r = bench.measure(case, "eval_forward", repeat=3, min_time=0.001, stat=stat)
     pick = statistics.median if stat == "median" else min
     assert r["numbanorm_s"] == pytest.approx(pick(r["samples"]["numbanorm"]))
     assert r["copies"] == pytest.approx(r["numbanorm_s"] / r["copy_s"])
     if r["torch_s"] is not None:
         assert r["vs_torch"] == pytest.approx(r["torch_s"] / r["numbanorm_s"])
+    if r["ort_s"] is not None:
+        assert r["vs_ort"] == pytest.approx(r["ort_s"] / r["numbanorm_s"])
 
 
-def test_unknown_stat_is_refused():
+def test_unknown_stat_is_refused_before_anything_is_timed(monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("timed or built before the stat was checked")
+
+    monkeypatch.setattr(timing, "time_interleaved", must_not_run)
+    monkeypatch.setattr(timing, "make_input", must_not_run)
+    monkeypatch.setattr(timing, "make_pool", must_not_run)
     with pytest.raises(ValueError, match="unknown stat 'mean'"):
         bench.measure(bench.Case("LayerNorm", (4, 8)), "train_forward", repeat=1, min_time=0.001, stat="mean")
+    # the command line refuses it while parsing, before any row
+    monkeypatch.setattr("numbanorm.bench.cli.measure", must_not_run)
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--tiny", *FAST, "--stat", "mean"])
+    assert exc.value.code == 2
 
 
 def test_main_without_torch_says_na(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "_import_torch", lambda: None)
+    monkeypatch.setattr(peers, "import_torch", lambda: None)
     out = io.StringIO()
     json_path, png_path = tmp_path / "b.json", tmp_path / "b.png"
     cases = [bench.Case("LayerNorm", (4, 8)), bench.Case("BatchNorm2d", (2, 4, 3, 3))]
     rc = bench.main([*FAST, "--json", str(json_path), "--plot", str(png_path)], cases=cases,
                     out=out)
     assert rc == 0, out.getvalue()
-    _, body = _table_rows(out.getvalue())
+    header, body = _table_rows(out.getvalue())
     assert len(body) == 6
-    assert all(line.count("n/a") == 2 for line in body)  # pytorch time and vs torch
+    for line in body:  # pytorch time and vs torch (and ORT's two where it is missing)
+        ort_na = 2 if "eval_forward" in line and not HAVE_ORT else 0
+        assert line.count("n/a") == 2 + ort_na
+    assert set(_column(header, body, "pytorch")) == set(_column(header, body, "vs torch")) == {"n/a"}
+    assert "n/a pytorch: PyTorch is not installed (6 rows)" in out.getvalue()
     data = json.loads(json_path.read_text())
     assert data["meta"]["torch"] is None
     assert all(r["torch_s"] is None and r["vs_torch"] is None for r in data["rows"])
+    assert all(r["notes"]["torch"] == "PyTorch is not installed" for r in data["rows"])
     assert all(r["copies"] > 0 for r in data["rows"])
     assert png_path.read_bytes()[:8] == PNG_MAGIC
 
@@ -113,7 +166,7 @@ def test_plot_without_matplotlib_is_one_clear_line(tmp_path, monkeypatch, capsys
     def missing():
         raise ImportError("No module named 'matplotlib'")
 
-    monkeypatch.setattr(bench, "_import_pyplot", missing)
+    monkeypatch.setattr(report, "import_pyplot", missing)
     rc = bench.main(["--tiny", *FAST, "--plot", str(tmp_path / "p.png")])
     err = capsys.readouterr().err.strip()
     assert rc == 2
@@ -156,21 +209,39 @@ def test_usage_errors(capsys):
         bench.main(["--threads", "0"])
 
 
-def test_failing_row_is_reported_and_the_rest_runs(monkeypatch):
-    real = bench.make_numbanorm_layer
+def test_failing_row_is_reported_and_the_rest_runs(monkeypatch, tmp_path):
+    real = peers.make_numbanorm_layer
 
     def flaky(case):
         if case.op == "RMSNorm":
             raise RuntimeError("boom")
         return real(case)
 
-    monkeypatch.setattr(bench, "make_numbanorm_layer", flaky)
+    monkeypatch.setattr(peers, "make_numbanorm_layer", flaky)
     out = io.StringIO()
+    json_path = tmp_path / "b.json"
     cases = [bench.Case("RMSNorm", (4, 8)), bench.Case("LayerNorm", (4, 8))]
-    rc = bench.main([*FAST, "--pass", "eval_forward"], cases=cases, out=out)
+    rc = bench.main([*FAST, "--pass", "eval_forward", "--json", str(json_path)], cases=cases,
+                    out=out)
     assert rc == 1
     _, body = _table_rows(out.getvalue())
     assert "error" in body[0] and "error" not in body[1]
+    # the error row has the same keys as a measured one
+    failed, measured = json.loads(json_path.read_text())["rows"]
+    assert tuple(failed) == tuple(measured) == bench.ROW_KEYS
+    assert failed["error"] == "RuntimeError: boom" and failed["numbanorm_s"] is None
+    assert failed["shape"] == [4, 8] and failed["cache"] == "cold"
+
+
+def test_row_schema():
+    case = bench.Case("GroupNorm", (2, 4, 3, 3), groups=2)
+    row = bench.new_row(case, "eval_forward", 2, error="ValueError: x")
+    assert tuple(row) == bench.ROW_KEYS
+    assert row["groups"] == 2 and row["nbytes"] == 2 * 4 * 9 * 4 and row["notes"] == {}
+    measured = bench.measure(case, "eval_forward", threads=1, repeat=1, min_time=0.0)
+    assert tuple(measured) == bench.ROW_KEYS
+    with pytest.raises(KeyError, match="speed"):
+        bench.new_row(case, "eval_forward", 2, speed=1.0)
 
 
 @pytest.mark.parametrize("pass_", bench.PASSES)
@@ -179,11 +250,18 @@ def test_measure_row_and_agreement_with_torch(pass_):
     row = bench.measure(case, pass_, threads=1, repeat=1, min_time=0.0)
     assert row["shape"] == [3, 4, 5, 2] and row["pass"] == pass_ and row["threads"] == 1
     assert row["numbanorm_s"] > 0 and row["copy_s"] > 0
-    if bench._import_torch() is not None:
+    if bench.import_torch() is not None:
         assert row["torch_s"] > 0
         assert row["max_abs_diff"] < 1e-4
-    only_copy = bench.measure(case, pass_, threads=1, repeat=1, min_time=0.0, torch=False)
+    if pass_ == "eval_forward" and HAVE_ORT:
+        assert row["ort_s"] > 0 and row["vs_ort"] > 0
+        assert row["ort_max_abs_diff"] < 1e-4
+    else:
+        assert row["ort_s"] is None and row["ort_max_abs_diff"] is None
+    only_copy = bench.measure(case, pass_, threads=1, repeat=1, min_time=0.0, torch=False,
+                              ort=False)
     assert only_copy["torch_s"] is None and only_copy["copies"] > 0
+    assert only_copy["ort_s"] is None
 
 
 def test_make_input_layouts_and_dtypes():
@@ -237,17 +315,36 @@ def test_time_interleaved_and_format_table():
     assert res["a"]["repeat"] == 3 and res["a"]["median"] > 0 and res["a"]["number"] >= 1
     assert calls["a"] == 2 + 1 + 3 * res["a"]["number"]
 
-    row = dict(op="GroupNorm", groups=32, shape=[2, 64, 3, 3], layout="contiguous",
-               dtype="float32", threads=2, numbanorm_s=2e-6, torch_s=3e-3, copy_s=1.5,
-               vs_torch=1500.0, copies=1.3e-6, error=None)
-    err = dict(row, threads=1, error="ValueError: bad", numbanorm_s=None)
-    text = bench.format_table([dict(row, **{"pass": "train_step"}),
-                               dict(err, **{"pass": "eval_forward"})])
+    case = bench.Case("GroupNorm", (2, 64, 3, 3), groups=32)
+    row = bench.new_row(case, "train_step", 2, numbanorm_s=2e-6, torch_s=3e-3, copy_s=1.5,
+                        vs_torch=1500.0, copies=1.3e-6)
+    err = bench.new_row(case, "eval_forward", 1, error="ValueError: bad")
+    text = bench.format_table([row, err])
     header, body = _table_rows(text)
     assert "threads" in header
     assert "GroupNorm G=32" in body[0] and "2.0 us" in body[0] and "3.00 ms" in body[0]
     assert "1.500 s" in body[0] and "1500.00" in body[0]
+    assert _column(header, body[:1], "ort") == _column(header, body[:1], "vs ort") == ["-"]
     assert "error" in body[1]
+
+
+def test_wait_quiet_waits_for_spinning_threads(monkeypatch):
+    # a fake process whose other threads use a whole core for 7 slices, then stop
+    busy_slices = iter([1.0] * 7 + [0.0] * 100)
+    clock = {"cpu": 0.0, "sleeps": 0}
+
+    def sleep(seconds):
+        clock["sleeps"] += 1
+        clock["cpu"] += next(busy_slices) * seconds
+
+    monkeypatch.setattr(timing.time, "sleep", sleep)
+    monkeypatch.setattr(timing.time, "process_time", lambda: clock["cpu"])
+    assert bench.wait_quiet(least=0.003, most=0.05, step=0.001)
+    assert clock["sleeps"] == 1 + 7  # the first sleep is `least`, busy; 6 more busy, then one quiet
+    busy_slices = iter([1.0] * 1000)
+    clock["sleeps"] = 0
+    assert not bench.wait_quiet(least=0.003, most=0.05, step=0.001)  # gives up after `most`
+    assert clock["sleeps"] == 1 + 47
 
 
 def test_peak_extra_bytes_sees_a_temporary():
@@ -258,6 +355,235 @@ def test_peak_extra_bytes_sees_a_temporary():
     if extra is None:
         pytest.skip("/proc/self/clear_refs is not writable here")
     assert extra > 0.8 * x.nbytes / 2  # the float32 temporary
+
+
+def test_import_numbanorm_stays_light():
+    code = ("import sys, numbanorm, numbanorm.bench; "
+            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'matplotlib') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------- cache state
+
+
+def _write_cache_dir(root, entries):
+    for i, (level, size) in enumerate(entries):
+        d = root / f"index{i}"
+        d.mkdir(parents=True)
+        (d / "level").write_text(f"{level}\n")
+        (d / "size").write_text(f"{size}\n")
+    return str(root)
+
+
+def test_last_level_cache_from_sysfs(tmp_path):
+    root = _write_cache_dir(tmp_path / "a", [(1, "32K"), (1, "32K"), (2, "1024K"), (3, "32768K")])
+    info = bench.last_level_cache(root)
+    assert info.l3_bytes == 32 * 2**20 and info.from_sysfs and root in info.note
+    # another unit, an unreadable entry skipped
+    root = _write_cache_dir(tmp_path / "b", [(2, "2M"), (3, "96M"), (3, "junk")])
+    assert bench.last_level_cache(root).l3_bytes == 96 * 2**20
+    assert pool.parse_cache_size("512") == 512
+    with pytest.raises(ValueError):
+        pool.parse_cache_size("big")
+
+
+def test_last_level_cache_falls_back_with_a_note(tmp_path):
+    for root in (str(tmp_path / "missing"), _write_cache_dir(tmp_path / "c", [(1, "48K"), (2, "2048K")])):
+        info = bench.last_level_cache(root)
+        assert info.l3_bytes == pool.L3_FALLBACK_BYTES == 32 * 2**20
+        assert not info.from_sysfs and "fallback" in info.note and "assumed" in info.note
+
+
+def _extent(a):
+    start = a.__array_interface__["data"][0]
+    return start, start + a.nbytes
+
+
+@pytest.mark.parametrize("layout", bench.LAYOUTS)
+def test_pool_entries_are_distinct_and_total_four_l3(layout):
+    case = bench.Case("BatchNorm2d", (4, 8, 4, 8), layout)  # 4 KiB
+    x, dy = bench.make_input(case)
+    p = bench.make_pool(x, dy, cache=SMALL_L3)
+    assert len(p) == math.ceil(4 * SMALL_L3.l3_bytes / x.nbytes) == 64
+    assert p.nbytes >= 4 * SMALL_L3.l3_bytes and not p.below_target and not p.hot
+    extents = sorted(_extent(a) for a in p.xs + p.dys)
+    assert len(extents) == 2 * len(p)
+    assert all(end <= start for (_, end), (start, _) in zip(extents[:-1], extents[1:], strict=True))
+    for xi, di in zip(p.xs, p.dys, strict=True):
+        assert xi.strides == x.strides and di.strides == dy.strides  # same layout
+        np.testing.assert_array_equal(xi, x)  # same values: every call does the same work
+        np.testing.assert_array_equal(di, dy)
+    assert p.xs[0] is x
+
+
+def test_pool_cursor_is_shared_and_walks_every_entry():
+    x = np.zeros(16, np.float32)
+    p = bench.Pool(bench.make_pool(x, cache=bench.CacheInfo(64, "tiny", True)).xs)
+    assert len(p) == 4
+    seen = []
+    a = bench.Runner(lambda i: seen.append(("a", i)), p)
+    b = bench.Runner(lambda i: seen.append(("b", i)), p)
+    for _ in range(3):
+        a(), b()
+    # one cursor for every callable: an entry is read again only after all the others
+    assert [i for _, i in seen] == [0, 1, 2, 3, 0, 1]
+    a.at(2)
+    assert seen[-1] == ("a", 2) and p.take() == 2  # at() does not move the cursor
+
+
+def test_pool_caps(monkeypatch):
+    # the largest canonical input gets two entries, a 25.7 MB one six (32 MiB L3)
+    l3 = 32 * 2**20
+    assert bench.pool_entries(64 * 128 * 56 * 56 * 4, l3) == 2
+    assert bench.pool_entries(32 * 64 * 56 * 56 * 4, l3) == 6
+    assert bench.pool_entries(128, l3) == pool.POOL_MAX_ENTRIES
+    monkeypatch.setattr(pool, "POOL_CAP_BYTES", 16 * 1024)
+    x = np.zeros(1024, np.float32)  # 4 KiB
+    p = bench.make_pool(x, cache=SMALL_L3)
+    assert len(p) == 4 and p.below_target  # the cap wins over 4 x L3
+    monkeypatch.setattr(pool, "POOL_CAP_BYTES", 1024)
+    assert len(bench.make_pool(x, cache=SMALL_L3)) == 2  # never fewer than two
+
+
+def test_every_peer_reads_the_pool():
+    case = bench.Case("LayerNorm", (8, 16))
+    x, dy = bench.make_input(case)
+    p = bench.make_pool(x, dy, cache=bench.CacheInfo(8 * x.nbytes, "test", True))
+    assert len(p) == 32
+    copy = bench.copy_runner(p)
+    outs = [copy() for _ in range(len(p))]
+    assert len({_extent(o) for o in outs}) == len(p)  # one destination per entry
+    assert all(o.ctypes.data % 64 == 0 for o in outs)
+    np.testing.assert_array_equal(outs[5], p.xs[5].ravel())
+    nb = bench.numbanorm_runner(case, "train_step", p)
+    start = p.take()
+    nb()
+    assert p.take() == (start + 2) % len(p)  # the step took one entry (x and dy together)
+
+
+def test_main_pool_follows_the_l3_size(monkeypatch, tmp_path):
+    monkeypatch.setattr(pool, "last_level_cache", lambda: SMALL_L3)
+    out = io.StringIO()
+    json_path = tmp_path / "b.json"
+    rc = bench.main(["--tiny", *FAST, "--filter", "LayerNorm 4x8 contiguous float32",
+                     "--json", str(json_path)], out=out)
+    assert rc == 0
+    assert "4 x L3 = 0.25 MiB" in out.getvalue() and SMALL_L3.source in out.getvalue()
+    data = json.loads(json_path.read_text())
+    assert data["meta"]["cache"]["l3_bytes"] == SMALL_L3.l3_bytes
+    for r in data["rows"]:
+        assert r["cache"] == "cold" and r["pool_bytes"] >= 4 * SMALL_L3.l3_bytes
+        assert r["pool_entries"] == 4 * SMALL_L3.l3_bytes // (4 * 8 * 4)
+
+
+def test_hot_reads_one_input(tmp_path, monkeypatch):
+    def no_sysfs():
+        raise AssertionError("--hot needs no cache size")
+
+    monkeypatch.setattr(pool, "last_level_cache", no_sysfs)
+    out = io.StringIO()
+    json_path = tmp_path / "b.json"
+    rc = bench.main(["--tiny", *FAST, "--hot", "--filter", "BatchNorm2d 2x4x3x3 channels_last",
+                     "--json", str(json_path)], out=out)
+    assert rc == 0
+    assert "cache: hot" in out.getvalue()
+    data = json.loads(json_path.read_text())
+    assert data["meta"]["cache"]["mode"] == "hot"
+    assert len(data["rows"]) == 3
+    for r in data["rows"]:
+        assert r["cache"] == "hot" and r["pool_entries"] == 1 and r["pool_bytes"] == r["nbytes"]
+    x, dy = bench.make_input(bench.Case("LayerNorm", (4, 8)))
+    p = bench.make_pool(x, dy, hot=True)
+    assert p.hot and p.xs[0] is x and p.dys[0] is dy and [p.take() for _ in range(3)] == [0, 0, 0]
+
+
+# ------------------------------------------------------------------ ONNX Runtime
+
+ORT_CASES = [
+    bench.Case("BatchNorm2d", (2, 4, 3, 3)),
+    bench.Case("BatchNorm2d", (2, 4, 3, 3), "channels_last"),
+    bench.Case("BatchNorm2d", (2, 4, 3, 3), dtype="float64"),
+    bench.Case("BatchNorm1d", (8, 4)),
+    bench.Case("LayerNorm", (4, 8)),
+    bench.Case("LayerNorm", (4, 8), dtype="float64"),
+    bench.Case("RMSNorm", (4, 8)),
+    bench.Case("GroupNorm", (2, 6, 3, 3), groups=3),
+    bench.Case("GroupNorm", (2, 6, 3, 3), "channels_last", groups=3),
+    bench.Case("InstanceNorm2d", (2, 4, 3, 3)),
+    bench.Case("InstanceNorm2d", (2, 4, 3, 3), "channels_last"),
+]
+
+
+@pytest.mark.parametrize("case", ORT_CASES, ids=lambda c: c.label)
+def test_ort_model_computes_numbanorm_eval(case, rng):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    layer = bench.make_numbanorm_layer(case)
+    # parameters and running statistics away from their defaults, so that the model
+    # must carry them to agree
+    for name in ("weight", "bias", "running_mean"):
+        arr = getattr(layer, name, None)
+        if arr is not None:
+            arr[...] = rng.standard_normal(arr.shape)
+    if getattr(layer, "running_var", None) is not None:
+        layer.running_var[...] = rng.uniform(0.5, 2.0, layer.running_var.shape)
+    x, _ = bench.make_input(case, seed=3)
+    x = x * 3 + 1
+    try:
+        run = bench.ort_runner(case, bench.make_pool(x, hot=True), layer, threads=1)
+    except bench.PeerUnavailable as exc:
+        if re.search(r"NOT_IMPLEMENTED|not (?:be )?support|unsupported", str(exc), re.I):
+            pytest.skip(f"the installed onnxruntime does not run this: {exc}")
+        raise
+    got = run.at(0)
+    expected = layer.eval()(x)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    tol = 1e-5 if case.dtype == "float32" else 1e-10
+    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
+    opts = run.session.get_session_options()
+    assert opts.intra_op_num_threads == 1 and opts.inter_op_num_threads == 1
+
+
+def test_ort_session_threads_and_opsets():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    ops = {"GroupNorm": ("GroupNormalization", 21), "RMSNorm": ("RMSNormalization", 23),
+           "LayerNorm": ("LayerNormalization", 17)}
+    for op, (op_type, opset) in ops.items():
+        shape = (4, 8) if op != "GroupNorm" else (2, 4, 3, 3)
+        model = bench.make_onnx_model(bench.Case(op, shape))
+        assert model.graph.node[0].op_type == op_type
+        assert model.opset_import[0].version == opset
+    import onnxruntime as ort
+
+    session = bench.make_ort_session(bench.make_onnx_model(bench.Case("LayerNorm", (4, 8))), 2)
+    opts = session.get_session_options()
+    assert opts.intra_op_num_threads == 2 and opts.inter_op_num_threads == 1
+    assert opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+
+
+def test_ort_unavailable_row_says_why(monkeypatch):
+    case = bench.Case("LayerNorm", (4, 8))
+    monkeypatch.setattr(peers, "import_onnxruntime", lambda: None)
+    row = bench.measure(case, "eval_forward", threads=1, repeat=1, min_time=0.0, torch=False)
+    assert row["ort_s"] is None and row["vs_ort"] is None and "not installed" in row["notes"]["ort"]
+    monkeypatch.undo()
+    if not HAVE_ORT:
+        pytest.skip("onnxruntime is not installed")
+    # an operator the runtime does not know: n/a with the runtime's reason, not an error
+    monkeypatch.setitem(peers.ONNX_OPS, "LayerNorm", ("NoSuchNormalization", 17))
+    row = bench.measure(case, "eval_forward", threads=1, repeat=1, min_time=0.0, torch=False)
+    assert row["error"] is None and row["numbanorm_s"] > 0 and row["ort_s"] is None
+    assert "NoSuchNormalization" in row["notes"]["ort"]
+    out = io.StringIO()
+    assert bench.main([*FAST, "--pass", "eval_forward", "--no-torch"], cases=[case], out=out) == 0
+    header, body = _table_rows(out.getvalue())
+    assert _column(header, body, "ort") == _column(header, body, "vs ort") == ["n/a"]
+    assert "n/a ort: onnxruntime" in out.getvalue() and "NoSuchNormalization" in out.getvalue()
 
 
 # ---------------------------------------------------------------------------- asv
@@ -275,57 +601,119 @@ def asv_modules():
 
 
 def _benchmark_classes(modules):
-    from benchmarks.common import MemoryBenchmark, PassBenchmark
+    from benchmarks.common import MemoryBenchmark, PassBenchmark, RatioBenchmark
 
     for module in modules.values():
         for name, obj in vars(module).items():
             if (isinstance(obj, type) and not name.startswith("_")
                     and not inspect.isabstract(obj)  # the bases, as asv sees them
-                    and issubclass(obj, (PassBenchmark, MemoryBenchmark))):
+                    and issubclass(obj, (PassBenchmark, RatioBenchmark, MemoryBenchmark))):
                 yield obj
 
 
 def test_asv_grids_cover_every_canonical_row(asv_modules):
-    covered = set()
     classes = list(_benchmark_classes(asv_modules))
-    assert {c.__name__ for c in classes} >= {
-        "BatchNorm2d", "BatchNorm1d", "LayerNorm", "RMSNorm", "GroupNorm", "InstanceNorm2d",
-        "BatchNorm2dMemory", "BatchNorm1dMemory", "LayerNormMemory", "RMSNormMemory",
-        "GroupNormMemory", "InstanceNorm2dMemory"}
+    names = {c.__name__ for c in classes}
+    for layer in ("BatchNorm2d", "BatchNorm1d", "LayerNorm", "RMSNorm", "GroupNorm", "InstanceNorm2d"):
+        assert {layer, layer + "Ratios", layer + "Memory"} <= names
+    covered = {"": set(), "Ratios": set(), "Memory": set()}
     for cls in classes:
         assert len(cls.params) == len(cls.param_names)
-        if cls.__name__.endswith("Memory"):
+        kind = next((k for k in ("Ratios", "Memory") if cls.__name__.endswith(k)), "")
+        if kind == "Memory":
             assert cls.param_names == ["shape", "layout", "dtype"]
         else:
             assert cls.param_names == ["shape", "layout", "dtype", "pass"]
             assert cls.params[3] == list(bench.PASSES)
-            for shape in cls.params[0]:
-                for layout in cls.params[1]:
-                    for dtype in cls.params[2]:
-                        covered.add((cls.op, tuple(shape), layout, dtype))
+        for shape in cls.params[0]:
+            for layout in cls.params[1]:
+                for dtype in cls.params[2]:
+                    covered[kind].add((cls.op, tuple(shape), layout, dtype))
     spec = {(c.op, c.shape, c.layout, c.dtype) for c in bench.canonical_cases()}
-    assert spec <= covered
+    for rows in covered.values():
+        assert spec <= rows
+
+
+def test_asv_uses_public_bench_helpers_only():
+    pattern = re.compile(r"bench\._\w+")
+    for name in os.listdir(os.path.join(ROOT, "asv_benchmarks", "benchmarks")):
+        if name.endswith(".py"):
+            with open(os.path.join(ROOT, "asv_benchmarks", "benchmarks", name)) as f:
+                assert not pattern.findall(f.read()), name
 
 
 def test_asv_benchmarks_run_on_a_small_row(asv_modules):
+    common = importlib.import_module("benchmarks.common")
     ln = asv_modules["layernorm"]
     params = ((32, 768), "contiguous", "float32")
+    case = bench.Case("LayerNorm", (32, 768))
+    rows = common.measure_rows([case], repeat=2, min_time=0.0)
     for pass_ in bench.PASSES:
         b = ln.LayerNorm()
-        b.ratio_repeat, b.ratio_min_time = 1, 0.0
         b.setup(*params, pass_)
         b.time_pass(*params, pass_)
-        copies = b.track_copies(*params, pass_)
-        assert copies > 0
-        vs_torch = b.track_vs_torch(*params, pass_)
-        assert vs_torch > 0 or (math.isnan(vs_torch) and bench._import_torch() is None)
-    m = ln.LayerNormMemory()
+        r = ln.LayerNormRatios()
+        r.setup(rows, *params, pass_)
+        row = rows[common.row_key(case, pass_)]
+        assert row["cache"] == "cold" and row["pool_entries"] >= 2
+        assert r.track_copies(rows, *params, pass_) == row["copies"] > 0
+        vs_torch = r.track_vs_torch(rows, *params, pass_)
+        if bench.import_torch() is None:
+            assert math.isnan(vs_torch) and row["notes"]["torch"]
+        else:
+            assert vs_torch == row["vs_torch"] > 0
+        vs_ort = r.track_vs_ort(rows, *params, pass_)
+        if pass_ == "eval_forward" and HAVE_ORT:
+            assert vs_ort == row["vs_ort"] > 0
+        else:
+            assert math.isnan(vs_ort)
+
+
+def test_asv_ratios_are_the_measured_rows(asv_modules, monkeypatch):
+    """The track_ values are the paired ratios of one measurement, not a re-timing."""
+    common = importlib.import_module("benchmarks.common")
+    samples = {"numbanorm": [2.0, 4.0, 8.0], "torch": [3.0, 4.0, 4.0],
+               "ort": [1.0, 6.0, 8.0], "copy": [1.0, 1.0, 2.0]}
+
+    def fake_time_interleaved(runners, **kwargs):
+        return {name: {"median": statistics.median(samples[name]), "min": min(samples[name]),
+                       "samples": samples[name], "number": 1, "repeat": 3} for name in runners}
+
+    monkeypatch.setattr(timing, "time_interleaved", fake_time_interleaved)
+    case = bench.Case("LayerNorm", (32, 768))
+    rows = common.measure_rows([case], passes=["eval_forward"])
+    r = asv_modules["layernorm"].LayerNormRatios()
+    params = ((32, 768), "contiguous", "float32", "eval_forward")
+    r.setup(rows, *params)
+    assert r.track_copies(rows, *params) == statistics.median([2.0, 4.0, 4.0])
+    if bench.import_torch() is not None:
+        assert r.track_vs_torch(rows, *params) == statistics.median([1.5, 1.0, 0.5])
+    if HAVE_ORT:
+        assert r.track_vs_ort(rows, *params) == statistics.median([0.5, 1.5, 1.0])
+    # a row that failed in setup_cache makes its benchmarks fail, not report a number
+    broken = {k: dict(v, error="RuntimeError: boom") for k, v in rows.items()}
+    with pytest.raises(RuntimeError, match="boom"):
+        r.setup(broken, *params)
+
+
+def test_asv_memory_tracks_see_temporaries(asv_modules, monkeypatch):
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux /proc")
+    params = ((8192, 768), "contiguous", "float32")
+    m = asv_modules["layernorm"].LayerNormMemory()
     m.setup(*params)
     m.peakmem_forward(*params)
     m.peakmem_backward(*params)
-    for track in (m.track_forward_temp_mib, m.track_backward_temp_mib):
-        value = track(*params)
-        assert value >= 0 or math.isnan(value)
+    x_mib = m.x.nbytes / 2**20
+    forward, backward = m.track_forward_temp_mib(*params), m.track_backward_temp_mib(*params)
+    if math.isnan(forward):
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    # LayerNorm allocates its output and per-row statistics only: no full-size temporary
+    assert 0 <= forward < 0.25 * x_mib and 0 <= backward < 0.25 * x_mib
+    # and a full-size temporary is seen (the probe can fail)
+    layer = m.layer
+    m.layer = type("Leaky", (), {"__call__": lambda self, x: (layer(x), np.ones_like(x))[0]})()
+    assert m.track_forward_temp_mib(*params) > 0.8 * x_mib
 
 
 def test_asv_skips_rows_outside_the_spec(asv_modules, monkeypatch):
@@ -333,7 +721,10 @@ def test_asv_skips_rows_outside_the_spec(asv_modules, monkeypatch):
     monkeypatch.setattr(common, "FULL_GRID", False)
     b = asv_modules["layernorm"].LayerNorm()
     with pytest.raises(NotImplementedError):
-        b.setup((32, 768), "contiguous", "float64", "train_forward")  # not a SPEC row
+        b.setup((32, 768), "contiguous", "float64", "train_forward")  # not a canonical row
+    r = asv_modules["layernorm"].LayerNormRatios()
+    with pytest.raises(NotImplementedError):
+        r.setup({}, (32, 768), "contiguous", "float64", "train_forward")
 
 
 def test_cli_entry_point(tmp_path):
@@ -345,5 +736,5 @@ def test_cli_entry_point(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env=dict(os.environ, NUMBA_NUM_THREADS="2"))
     assert proc.returncode == 0, proc.stderr
-    assert "BatchNorm1d" in proc.stdout and "vs torch" in proc.stdout
+    assert "BatchNorm1d" in proc.stdout and "vs torch" in proc.stdout and "vs ort" in proc.stdout
     assert len(json.loads((tmp_path / "b.json").read_text())["rows"]) == 1

@@ -2,28 +2,44 @@
 
 Modelled on scikit-learn's ``asv_benchmarks/benchmarks/common.py``: a ``Benchmark``
 base fixes the timer, repeats and timeout; data are made deterministically in
-``setup``; ``params`` grids; ``time_*``, ``peakmem_*`` and ``track_*`` side by side.
+``setup`` (or once, in ``setup_cache``); ``params`` grids; ``time_*``, ``peakmem_*``
+and ``track_*`` side by side.
 
-Every family module defines two classes per layer, both over the grid
+Every family module defines three classes per layer, over the grid
 ``shape x layout x dtype`` (class attributes ``shapes``, ``layouts``, ``dtypes``):
 
-* ``<Layer>`` (:class:`PassBenchmark`, plus a ``pass`` parameter):
-  ``time_pass`` (numbanorm alone, asv's timer), ``track_vs_torch`` (PyTorch time /
-  numbanorm time, >1: numbanorm faster) and ``track_copies`` (numbanorm time / time of
-  a same-size parallel copy). PyTorch and the copy are measured inside the benchmark,
-  interleaved with numbanorm, by the helpers of :mod:`numbanorm.bench`.
+* ``<Layer>`` (:class:`PassBenchmark`, plus a ``pass`` parameter): ``time_pass``,
+  numbanorm alone on asv's timer. Each call reads the next input of a pool of at
+  least 4 x L3 (:func:`numbanorm.bench.make_pool`), as ``python -m numbanorm bench``
+  does, so the time is the out-of-cache one.
+* ``<Layer>Ratios`` (:class:`RatioBenchmark`, same grid): ``track_vs_torch`` (PyTorch
+  time / numbanorm time, >1: numbanorm faster), ``track_vs_ort`` (ONNX Runtime /
+  numbanorm, eval forward only, NaN for the training passes) and ``track_copies``
+  (numbanorm time / time of a same-size parallel copy). The peers are timed
+  interleaved with numbanorm by :func:`numbanorm.bench.measure`, once for all rows in
+  ``setup_cache``; the ``track_`` benchmarks read that result.
 * ``<Layer>Memory`` (:class:`MemoryBenchmark`): ``peakmem_forward``,
   ``peakmem_backward`` (peak RSS: resident set after setup plus the call's peak; the
   peak is reset at the end of setup on Linux), and ``track_forward_temp_mib`` /
   ``track_backward_temp_mib``: memory a call adds beyond the arrays it must return
   (0 means no full-size temporaries).
 
-Only the rows of SPEC.md run by default (the other grid points are skipped, so that
-``asv run --python=same --quick`` stays short); ``NUMBANORM_ASV_FULL_GRID=1`` runs the
-whole grid. ``NUMBANORM_BENCH_THREADS`` sets the thread count (default 2, capped by
-``NUMBA_NUM_THREADS``).
+Only numbanorm's canonical rows (:func:`numbanorm.bench.canonical_cases`) run by
+default; other grid points are skipped in ``setup``. ``NUMBANORM_ASV_FULL_GRID=1``
+runs the whole grid (rows outside the canonical list measure their ratios in their
+own ``setup``). ``NUMBANORM_BENCH_THREADS`` sets the thread count (default 2, capped by
+``NUMBA_NUM_THREADS``); ``NUMBANORM_ASV_HOT=1`` times every call on one cache-resident
+input instead of the pool.
+
+Where the time of ``asv run --quick`` goes, and why the suite is shaped so: asv starts
+one process per benchmark and parameter combination, skipped ones included, so
+``asv.conf.json`` uses the ``forkserver`` launch method (children fork from a process
+that has imported the suite, instead of importing numba and numbanorm again each);
+the ratios need PyTorch, ONNX Runtime, pools and calibrated repeats, so they are
+measured once per run in one process rather than once per ``track_`` benchmark.
 """
 
+import gc
 import math
 import os
 import sys
@@ -43,13 +59,17 @@ from numbanorm import bench
 THREADS = min(int(os.environ.get("NUMBANORM_BENCH_THREADS", "2")),
               numba.config.NUMBA_NUM_THREADS)
 FULL_GRID = os.environ.get("NUMBANORM_ASV_FULL_GRID", "") not in ("", "0")
+HOT = os.environ.get("NUMBANORM_ASV_HOT", "") not in ("", "0")
 PASSES = list(bench.PASSES)
 LAYOUTS = list(bench.LAYOUTS)
 DTYPES = list(bench.DTYPES)
 MIB = float(2**20)
 
-#: (op, shape, layout, dtype) of the rows of SPEC.md.
+#: (op, shape, layout, dtype) of numbanorm's canonical rows.
 CANONICAL = {(c.op, c.shape, c.layout, c.dtype) for c in bench.canonical_cases()}
+#: What setup_cache keeps of each measured row.
+RATIO_KEYS = ("numbanorm_s", "torch_s", "ort_s", "copy_s", "vs_torch", "vs_ort", "copies",
+              "pool_entries", "cache", "notes")
 
 
 class Benchmark:
@@ -83,7 +103,7 @@ class _NormBase(Benchmark, ABC):
     def _make_case(self, shape, layout, dtype):
         key = (self.op, tuple(shape), layout, dtype)
         if not FULL_GRID and key not in CANONICAL:
-            raise NotImplementedError("not a row of SPEC.md (NUMBANORM_ASV_FULL_GRID=1 runs it)")
+            raise NotImplementedError("not a canonical row (NUMBANORM_ASV_FULL_GRID=1 runs it)")
         try:
             case = bench.Case(self.op, shape, layout, dtype, groups=self.groups)
         except ValueError as exc:
@@ -92,8 +112,41 @@ class _NormBase(Benchmark, ABC):
         return case
 
 
+def row_key(case, pass_):
+    """The key of one (case, pass) in the result of :func:`measure_rows`."""
+    return f"{case.label} {pass_}"
+
+
+def measure_rows(cases, passes=PASSES, repeat=Benchmark.ratio_repeat,
+                 min_time=Benchmark.ratio_min_time):
+    """Time numbanorm, PyTorch, ONNX Runtime and the copy on every (case, pass).
+
+    Returns
+    -------
+    dict
+        :func:`row_key` -> the :data:`RATIO_KEYS` of the row made by
+        :func:`numbanorm.bench.measure`. A row that fails keeps its error under
+        ``"error"`` and its ratios are None, so one bad row does not lose the others.
+    """
+    rows = {}
+    for case in cases:
+        for pass_ in passes:
+            try:
+                row = bench.measure(case, pass_, THREADS, repeat=repeat, min_time=min_time,
+                                    check=False, hot=HOT)
+            except Exception as exc:  # noqa: BLE001
+                row = bench.new_row(case, pass_, THREADS, error=f"{type(exc).__name__}: {exc}")
+            rows[row_key(case, pass_)] = {k: row[k] for k in RATIO_KEYS + ("error",)}
+            gc.collect()  # one row's pools go before the next row's are made
+    return rows
+
+
+def _ratio(value):
+    return math.nan if value is None else float(value)
+
+
 class PassBenchmark(_NormBase):
-    """Time of one pass, and its ratios to PyTorch and to the memory copy."""
+    """Time of one pass of numbanorm, each call on the next input of a pool."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -102,29 +155,55 @@ class PassBenchmark(_NormBase):
 
     def setup(self, shape, layout, dtype, pass_):
         self.case = self._make_case(shape, layout, dtype)
-        self.pass_ = pass_
-        self.x, self.dy = bench.make_input(self.case)
-        self.run = bench.numbanorm_runner(self.case, pass_, self.x, self.dy)
-        self.run()  # compile (or load from the cache) and touch the pages
+        x, dy = bench.make_input(self.case)
+        pool = bench.make_pool(x, dy if pass_ == "train_step" else None, hot=HOT)
+        self.run = bench.numbanorm_runner(self.case, pass_, pool)
+        self.run()  # compile (or load from the cache)
 
     def time_pass(self, shape, layout, dtype, pass_):
         self.run()
 
-    def track_vs_torch(self, shape, layout, dtype, pass_):
-        if bench._import_torch() is None:
-            return math.nan
-        row = bench.measure(self.case, pass_, THREADS, data=(self.x, self.dy), copy=False,
-                            check=False, repeat=self.ratio_repeat,
+
+class RatioBenchmark(_NormBase):
+    """Ratios of one pass to PyTorch, ONNX Runtime and the copy, read from setup_cache."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.param_names = ["shape", "layout", "dtype", "pass"]
+        cls.params = [list(cls.shapes), list(cls.layouts), list(cls.dtypes), PASSES]
+
+    def setup_cache(self):
+        # asv keys a setup_cache by where its source is, so this one definition is
+        # shared by every RatioBenchmark subclass: all canonical rows are measured
+        # once per run, in one process, with one import of torch and onnxruntime.
+        return measure_rows(bench.canonical_cases(), repeat=self.ratio_repeat,
                             min_time=self.ratio_min_time)
-        return row["vs_torch"]
+
+    setup_cache.timeout = 1200
+
+    def setup(self, rows, shape, layout, dtype, pass_):
+        case = self._make_case(shape, layout, dtype)
+        key = row_key(case, pass_)
+        if key not in rows:  # a NUMBANORM_ASV_FULL_GRID row
+            rows = measure_rows([case], [pass_], repeat=self.ratio_repeat,
+                                min_time=self.ratio_min_time)
+        self.row = rows[key]
+        if self.row["error"]:
+            raise RuntimeError(self.row["error"])
+
+    def track_vs_torch(self, rows, shape, layout, dtype, pass_):
+        return _ratio(self.row["vs_torch"])
 
     track_vs_torch.unit = "ratio"
 
-    def track_copies(self, shape, layout, dtype, pass_):
-        row = bench.measure(self.case, pass_, THREADS, data=(self.x, self.dy), torch=False,
-                            check=False, repeat=self.ratio_repeat,
-                            min_time=self.ratio_min_time)
-        return row["copies"]
+    def track_vs_ort(self, rows, shape, layout, dtype, pass_):
+        # ONNX Runtime is an inference engine: only the eval forward pass has a peer.
+        return _ratio(self.row["vs_ort"])
+
+    track_vs_ort.unit = "ratio"
+
+    def track_copies(self, rows, shape, layout, dtype, pass_):
+        return _ratio(self.row["copies"])
 
     track_copies.unit = "copies"
 
@@ -168,4 +247,5 @@ class MemoryBenchmark(_NormBase):
     track_backward_temp_mib.unit = "MiB"
 
 
-__all__ = ["DTYPES", "LAYOUTS", "THREADS", "Benchmark", "MemoryBenchmark", "PassBenchmark"]
+__all__ = ["DTYPES", "LAYOUTS", "THREADS", "Benchmark", "MemoryBenchmark", "PassBenchmark",
+           "RatioBenchmark", "measure_rows", "row_key"]

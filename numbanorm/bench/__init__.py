@@ -1,0 +1,116 @@
+"""Benchmarks of numbanorm against PyTorch, ONNX Runtime and the memory floor.
+
+``python -m numbanorm bench [--quick] [--hot] [--threads N] [--json FILE]
+[--plot FILE.png] [--filter SUBSTR]`` measures numbanorm's canonical shapes
+(:func:`canonical_cases`) in three passes (train forward; train step = forward +
+backward with all gradients; eval forward) and prints one row per (shape, pass) with
+the times of numbanorm, PyTorch (same threads), ONNX Runtime (eval forward, same
+threads) and a same-size parallel copy, taken interleaved in one process, and the
+ratios ``vs torch`` and ``vs ort`` (peer time / numbanorm time, above 1: numbanorm is
+faster) and ``copies`` (numbanorm time / copy time).
+
+By default every call of every callable reads the next of a pool of distinct inputs
+totalling at least 4 x L3 (read from sysfs), so all of them run from memory;
+``--hot`` reads one input again and again.
+
+Modules
+-------
+cases
+    :class:`Case`, the canonical, quick, scaling and tiny row lists, :func:`make_input`.
+pool
+    L3 size from sysfs, :class:`Pool` of distinct inputs with one shared cursor.
+peers
+    The timed callables: numbanorm, PyTorch, ONNX Runtime (one-node models), the copy.
+timing
+    :func:`time_interleaved` (paired, rotated repeats) and :func:`measure` (one row).
+report
+    The row schema (:data:`ROW_KEYS`, :func:`new_row`), the table, JSON and plot.
+probes
+    ``/proc`` probes: peak memory a call adds, CPUs busy elsewhere.
+cli
+    :func:`main`, the command line.
+
+The names below are public so that the asv suite in ``asv_benchmarks/`` measures
+with the same code. Importing this package imports neither torch, onnx, onnxruntime
+nor matplotlib; each is imported when a run needs it.
+"""
+
+from .cases import (
+    DTYPES,
+    LAYOUTS,
+    OPS,
+    PASSES,
+    Case,
+    canonical_cases,
+    make_input,
+    quick_cases,
+    scaling_cases,
+    tiny_cases,
+)
+from .cli import main
+from .peers import (
+    ONNX_OPS,
+    PeerUnavailable,
+    Runner,
+    copy_runner,
+    import_onnxruntime,
+    import_torch,
+    make_numbanorm_layer,
+    make_onnx_model,
+    make_ort_session,
+    make_torch_module,
+    numbanorm_runner,
+    ort_runner,
+    set_threads,
+    torch_runner,
+)
+from .pool import CacheInfo, Pool, last_level_cache, make_pool, pool_entries
+from .probes import busy_cpus, peak_extra_bytes, reset_peak_rss
+from .report import ROW_KEYS, format_notes, format_table, machine_info, new_row, write_plot
+from .timing import STATS, measure, time_interleaved, wait_quiet
+
+__all__ = [
+    "DTYPES",
+    "LAYOUTS",
+    "ONNX_OPS",
+    "OPS",
+    "PASSES",
+    "ROW_KEYS",
+    "STATS",
+    "CacheInfo",
+    "Case",
+    "PeerUnavailable",
+    "Pool",
+    "Runner",
+    "busy_cpus",
+    "canonical_cases",
+    "copy_runner",
+    "format_notes",
+    "format_table",
+    "import_onnxruntime",
+    "import_torch",
+    "last_level_cache",
+    "machine_info",
+    "main",
+    "make_input",
+    "make_numbanorm_layer",
+    "make_onnx_model",
+    "make_ort_session",
+    "make_pool",
+    "make_torch_module",
+    "measure",
+    "new_row",
+    "numbanorm_runner",
+    "ort_runner",
+    "peak_extra_bytes",
+    "pool_entries",
+    "quick_cases",
+    "reset_peak_rss",
+    "scaling_cases",
+    "set_threads",
+    "time_interleaved",
+    "tiny_cases",
+    "torch_runner",
+    "wait_quiet",
+    "write_plot",
+]

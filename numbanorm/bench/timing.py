@@ -1,0 +1,233 @@
+"""Timing: interleaved, rotated repeats of several callables, and one benchmark row.
+
+Each time is a statistic over repeats of the mean time of a calibrated number of
+calls (``timeit`` style, after warm-up calls that also compile). The callables of a
+row are timed interleaved, repeat by repeat, so that drift of a noisy machine hits
+them alike, and the order is rotated every repeat. With ``stat="paired"`` (the
+default) a ratio is the median of the per-repeat ratios: the callables of one repeat
+run back to back, so a burst of load that lasts a repeat or two scales a ratio's
+numerator and denominator alike instead of moving one median. ``"median"`` and
+``"min"`` take ratios of the medians or of the minima instead.
+
+Every call of every callable reads the next entry of the row's pool
+(:mod:`numbanorm.bench.pool`), so calibration, warm-up and timed calls all walk it.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+
+import numpy as np
+
+from . import peers
+from .cases import PASSES, make_input
+from .pool import make_pool
+from .report import new_row
+
+__all__ = ["STATS", "measure", "time_interleaved", "wait_quiet"]
+
+#: Statistics over the repeats that :func:`measure` knows.
+STATS = ("paired", "median", "min")
+
+
+def wait_quiet(least=0.003, most=0.05, step=0.001, busy=0.1):
+    """Sleep ``least`` seconds, then until this process's threads stop using the CPU.
+
+    PyTorch, ONNX Runtime and Numba's ``omp`` layer keep their worker threads spinning
+    for a while after a parallel region: measured here (2 cores) 1 to 20 ms after a
+    LayerNorm (8192, 768) call of each. On a machine with few cores, a block timed
+    while another library's threads still spin runs on fewer cores. So after
+    ``least``, this sleeps in ``step`` slices until one slice in which the whole
+    process used under ``busy`` of a core (``time.process_time`` counts every
+    thread), or until ``most`` seconds in all.
+
+    Returns
+    -------
+    bool
+        True when the process went quiet, False when ``most`` ran out first.
+    """
+    time.sleep(least)
+    for _ in range(max(0, round((most - least) / step))):
+        t0 = time.process_time()
+        time.sleep(step)
+        if time.process_time() - t0 < busy * step:
+            return True
+    return False
+
+
+def time_interleaved(runners, repeat=7, min_time=0.05, warmup=1, settle=0.003):
+    """Seconds per call of each callable in ``runners`` (name -> callable or None).
+
+    Parameters
+    ----------
+    runners : dict
+        Name -> no-argument callable; None values are left out.
+    repeat : int
+        Rounds; each times every callable once, the order rotated each round.
+    min_time : float
+        Seconds one repeat of one callable should last; the calls per repeat are
+        calibrated from one call after the warm-up.
+    warmup : int
+        Untimed calls before calibration.
+    settle : float
+        Before each timed block, :func:`wait_quiet` sleeps at least this long and
+        then until the threads the previous block left spinning are idle (at most
+        50 ms), so that no block shares its cores with another library's idle
+        threads; 0 skips the wait.
+
+    Returns
+    -------
+    dict
+        Name -> dict(median, min, samples (per-repeat seconds per call), number
+        (calls per repeat), repeat). The garbage collector is off while timing.
+    """
+    runners = {k: v for k, v in runners.items() if v is not None}
+    numbers = {}
+    for name, fn in runners.items():
+        for _ in range(max(warmup, 0)):
+            fn()
+        t0 = time.perf_counter()
+        fn()
+        one = max(time.perf_counter() - t0, 1e-9)
+        numbers[name] = max(1, min(int(min_time / one), 100_000))
+    samples = {name: [] for name in runners}
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        names = list(runners)
+        for rep in range(max(repeat, 1)):
+            # Rotate the order every repeat: a callable's time depends on which one ran
+            # just before it (another library's threads still spinning, the allocator
+            # state it left), so each gets every position in turn.
+            shift = rep % len(names)
+            for name in names[shift:] + names[:shift]:
+                fn = runners[name]
+                n = numbers[name]
+                if settle > 0:
+                    wait_quiet(settle)
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                samples[name].append((time.perf_counter() - t0) / n)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {
+        name: {
+            "median": statistics.median(s),
+            "min": min(s),
+            "samples": list(s),
+            "number": numbers[name],
+            "repeat": len(s),
+        }
+        for name, s in samples.items()
+    }
+
+
+def _to_numpy(out):
+    if isinstance(out, tuple):
+        out = out[0]
+    if hasattr(out, "detach"):
+        out = out.detach().numpy()
+    return np.asarray(out)
+
+
+def _max_abs_diff(a, b):
+    return float(np.max(np.abs(_to_numpy(a).astype(np.float64) - _to_numpy(b))))
+
+
+def _ratio(stat, pick, num, den):
+    """``num / den`` of two timing results: median of per-repeat ratios when paired."""
+    if stat == "paired":
+        return statistics.median(n / d for n, d in zip(num["samples"], den["samples"], strict=True))
+    return num[pick] / den[pick]
+
+
+def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1, torch=True,
+            ort=True, copy=True, check=True, data=None, stat="paired", hot=False, cache=None):
+    """Measure one row: numbanorm and its peers, interleaved, on ``threads`` threads.
+
+    Parameters
+    ----------
+    case : Case
+    pass_ : {"train_forward", "train_step", "eval_forward"}
+    threads : int
+    repeat, min_time, warmup
+        See :func:`time_interleaved`.
+    torch, ort, copy : bool
+        Time PyTorch, ONNX Runtime (eval forward only) and the copy.
+    check : bool
+        Compare numbanorm's output (y, or dx for a step) on the first pool entry
+        with PyTorch's and ONNX Runtime's (``max_abs_diff``, ``ort_max_abs_diff``).
+    data : (x, dy), optional
+        The input (default :func:`make_input`); the pool's other entries are copies.
+    stat : {"paired", "median", "min"}
+        Checked before anything is built or timed.
+    hot : bool
+        Every call reads the same input (default: a pool of at least 4 x L3).
+    cache : CacheInfo, optional
+        The L3 to size the pool against (default read from sysfs).
+
+    Returns
+    -------
+    dict
+        A row with the keys of :data:`numbanorm.bench.report.ROW_KEYS`; values that
+        could not be measured are None, and ``notes`` says why for a peer.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``stat`` or ``pass_``.
+    """
+    if stat not in STATS:
+        raise ValueError(f"unknown stat {stat!r}; expected one of {STATS}")
+    if pass_ not in PASSES:
+        raise ValueError(f"unknown pass {pass_!r}; expected one of {PASSES}")
+    peers.set_threads(threads)
+    x, dy = make_input(case) if data is None else data
+    pool = make_pool(x, dy if pass_ == "train_step" else None, hot=hot, cache=cache)
+    row = new_row(case, pass_, threads, cache="hot" if hot else "cold",
+                  pool_entries=len(pool), pool_bytes=pool.nbytes)
+    runners = {"numbanorm": peers.numbanorm_runner(case, pass_, pool)}
+    notes = {}
+    if torch:
+        try:
+            runners["torch"] = peers.torch_runner(case, pass_, pool, threads)
+        except peers.PeerUnavailable as exc:
+            notes["torch"] = str(exc)
+    else:
+        notes["torch"] = "not measured (switched off)"
+    if pass_ == "eval_forward":
+        if ort:
+            try:
+                runners["ort"] = peers.ort_runner(case, pool, runners["numbanorm"].layer, threads)
+            except peers.PeerUnavailable as exc:
+                notes["ort"] = str(exc)
+        else:
+            notes["ort"] = "not measured (switched off)"
+    if copy:
+        runners["copy"] = peers.copy_runner(pool)
+    result = time_interleaved(runners, repeat=repeat, min_time=min_time, warmup=warmup)
+    pick = "median" if stat == "paired" else stat
+    ours = result["numbanorm"]
+    row["numbanorm_s"] = ours[pick]
+    row["samples"] = {name: r["samples"] for name, r in result.items()}
+    row["notes"] = notes
+    if "torch" in result:
+        row["torch_s"] = result["torch"][pick]
+        row["vs_torch"] = _ratio(stat, pick, result["torch"], ours)
+    if "ort" in result:
+        row["ort_s"] = result["ort"][pick]
+        row["vs_ort"] = _ratio(stat, pick, result["ort"], ours)
+    if "copy" in result:
+        row["copy_s"] = result["copy"][pick]
+        row["copies"] = _ratio(stat, pick, ours, result["copy"])
+    if check:
+        got = runners["numbanorm"].at(0)
+        if "torch" in runners:
+            row["max_abs_diff"] = _max_abs_diff(got, runners["torch"].at(0))
+        if "ort" in runners:
+            row["ort_max_abs_diff"] = _max_abs_diff(got, runners["ort"].at(0))
+    return row
