@@ -18,7 +18,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
                       "(the CPU wheel on Linux; see the README)") from err
 
 from . import functional
-from ._ops import InputError
+from ._ops import InputError, InputTypeError
 from .modules import (
     BatchNorm1d,
     BatchNorm2d,
@@ -35,6 +35,7 @@ from .modules import (
 __all__ = [
     "functional",
     "InputError",
+    "InputTypeError",
     "NumbanormModule",
     "BatchNorm1d",
     "BatchNorm2d",

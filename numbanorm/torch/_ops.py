@@ -35,9 +35,10 @@ copies are empty (0,) tensors when nothing is updated.
 ``torch.compile``); ``register_autograd`` runs the backward op. The backward ops have a
 registered autograd formula that raises: double backward is not supported.
 
-numbanorm's input errors (ValueError) come out as :class:`InputError`, which is both a
-``RuntimeError`` (what PyTorch's own kernels raise) and a ``ValueError`` (what numbanorm
-and PyTorch's module-level checks raise).
+numbanorm's input errors come out as :class:`InputError`, both a ``RuntimeError`` (what
+PyTorch's own kernels raise) and a ``ValueError`` (what numbanorm and PyTorch's
+module-level checks raise); a wrong dtype (integer, complex) as :class:`InputTypeError`,
+an ``InputError`` that is also a ``TypeError``.
 
 New keyword arguments (a fused ``residual``/``activation`` epilogue) are added at the end
 of a schema with defaults, so existing callers keep working.
@@ -48,14 +49,19 @@ from torch import Tensor
 
 from .. import functional as F
 
-__all__ = ["InputError", "SUPPORTED_DTYPES", "channel_layout"]
+__all__ = ["InputError", "InputTypeError", "SUPPORTED_DTYPES", "channel_layout"]
 
 #: Tensor dtypes numbanorm runs; others run PyTorch's own kernels.
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
 class InputError(RuntimeError, ValueError):
-    """A bad input to a numbanorm operator (raised before anything changed)."""
+    """A bad input to a numbanorm operator (raised before anything changed): a
+    ``RuntimeError`` like PyTorch's kernel checks, and the ``ValueError`` numbanorm raised."""
+
+
+class InputTypeError(InputError, TypeError):
+    """An input of a dtype numbanorm does not take (integer, bool, complex)."""
 
 
 def _np(t):
@@ -72,6 +78,8 @@ def _call(fn, *args, **kwargs):
     """Run a numbanorm function, turning its input errors into :class:`InputError`."""
     try:
         return fn(*args, **kwargs)
+    except TypeError as err:
+        raise InputTypeError(str(err)) from err
     except ValueError as err:
         raise InputError(str(err)) from err
 

@@ -29,8 +29,8 @@ def unsupported_reason(input, *tensors):
         return f"a {type(input).__name__} input"
     if input.device.type not in _DEVICES:
         return f"{input.device.type} tensors"
-    if input.dtype not in SUPPORTED_DTYPES:
-        return f"{input.dtype} input"
+    if input.dtype not in SUPPORTED_DTYPES and input.is_floating_point():
+        return f"{input.dtype} input"  # integer and complex input: numbanorm's TypeError
     if input.layout != torch.strided:
         return f"{input.layout} tensors"
     for t in tensors:
@@ -38,7 +38,7 @@ def unsupported_reason(input, *tensors):
             continue
         if t.device.type != input.device.type:
             return f"parameters on {t.device.type} with {input.device.type} input"
-        if t.dtype not in SUPPORTED_DTYPES:
+        if t.dtype not in SUPPORTED_DTYPES and t.is_floating_point():
             return f"{t.dtype} parameters"
     return None
 
