@@ -1,9 +1,17 @@
 """numbanorm inside PyTorch (optional extra ``torch``): custom operators, modules, model conversion.
 
+::
+
+    import numbanorm.torch
+    model, report = numbanorm.torch.convert(model)   # its norm layers now run numbanorm's kernels
+    print(report)                                     # what was converted, what was left alone and why
+    numbanorm.torch.revert(model)                     # back to PyTorch's kernels
+
 - :mod:`numbanorm.torch._ops`: ``torch.ops.numbanorm.{batch_norm, instance_norm, layer_norm,
   rms_norm, group_norm}`` and their ``*_backward`` ops (``torch.library.custom_op`` with
   ``register_fake`` and ``register_autograd``) over :mod:`numbanorm.functional`.
 - :mod:`numbanorm.torch.functional`: drop-ins for ``torch.nn.functional``'s norm functions.
+- :mod:`numbanorm.torch.convert`: :func:`convert` and :func:`revert`.
 - :mod:`numbanorm.torch.modules`: ``BatchNorm1d/2d/3d``, ``InstanceNorm1d/2d/3d``,
   ``LayerNorm``, ``GroupNorm``, ``RMSNorm``, subclasses of the ``torch.nn`` modules.
 
@@ -19,6 +27,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from . import functional
 from ._ops import InputError, InputTypeError
+from .convert import ConversionReport, convert, revert
 from .modules import (
     BatchNorm1d,
     BatchNorm2d,
@@ -34,6 +43,9 @@ from .modules import (
 
 __all__ = [
     "functional",
+    "convert",
+    "revert",
+    "ConversionReport",
     "InputError",
     "InputTypeError",
     "NumbanormModule",
