@@ -45,6 +45,16 @@ CASES = [(fid, make, shape, layout) for fid, make, shape, layouts in FAMILIES fo
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
 
 
+@pytest.fixture(params=["eager", "ops"])
+def path(request, monkeypatch):
+    """Modules through the eager autograd.Functions or through the torch.ops operators."""
+    if request.param == "ops":
+        from numbanorm.torch import _eager
+
+        monkeypatch.setattr(_eager, "applies", lambda x: False)
+    return request.param
+
+
 def assert_close(got, expected, tol, msg=""):
     """max|got - expected| <= tol * (1 + max|expected|): relative to the array's scale, in float64."""
     assert got.shape == expected.shape, msg
@@ -93,7 +103,7 @@ def _step(module, x, dy):
 
 @pytest.mark.parametrize("fid,make,shape,layout", CASES, ids=[f"{c[0]}-{c[3]}" for c in CASES])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-def test_module_matches_torch(fid, make, shape, layout, dtype):
+def test_module_matches_torch(fid, make, shape, layout, dtype, path):
     stock, ours = _pair(make, dtype)
     assert isinstance(ours, type(stock)) and repr(ours) == repr(stock)
     tol = TOL[dtype]
@@ -169,7 +179,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("name,make,good,bad,match", BAD, ids=[b[0] for b in BAD])
-def test_bad_input_raises_before_anything_changes(name, make, good, bad, match):
+def test_bad_input_raises_before_anything_changes(name, make, good, bad, match, path):
     """numbanorm's error is a ValueError/TypeError/RuntimeError where PyTorch's is, and no
     state changed (PyTorch's own BatchNorm bumps num_batches_tracked before its kernel raises)."""
     stock, module = make(torch.nn), make(nt)

@@ -9,10 +9,19 @@ import pytest
 torch = pytest.importorskip("torch")
 nt = pytest.importorskip("numbanorm.torch")
 
-from numbanorm.torch import _ops  # noqa: E402
+from numbanorm.torch import _eager, _ops  # noqa: E402
 from numbanorm.torch import functional as NF  # noqa: E402
 
 torch.set_num_threads(2)
+
+
+@pytest.fixture(params=["eager", "ops"])
+def path(request, monkeypatch):
+    """Run the functional wrappers through the eager autograd.Functions or through the
+    torch.ops operators (what torch.compile and fake tensors see)."""
+    if request.param == "ops":
+        monkeypatch.setattr(_eager, "applies", lambda x: False)
+    return request.param
 
 
 def _x(shape, dtype=torch.float64, seed=0, layout="cf"):
@@ -124,7 +133,7 @@ GRAD = [
 
 @pytest.mark.parametrize("name,fn,kind", GRAD, ids=[g[0] for g in GRAD])
 @pytest.mark.parametrize("layout", ["cf", "cl"])
-def test_gradcheck_float64(name, fn, kind, layout):
+def test_gradcheck_float64(name, fn, kind, layout, path):
     x = _x((2, 3, 4, 3), layout=layout).requires_grad_(True)
     if kind == "ln":
         w = (torch.rand(4, 3, dtype=torch.float64) + 0.5).requires_grad_(True)
@@ -138,24 +147,27 @@ def test_gradcheck_float64(name, fn, kind, layout):
     torch.autograd.gradcheck(lambda *a: fn(*a, *([None] * (3 - len(a)))), inputs)
 
 
-def test_gradcheck_without_affine_parameters():
+def test_gradcheck_without_affine_parameters(path):
     x = _x((3, 4, 5)).requires_grad_(True)
     for fn in (lambda x: NF.batch_norm(x, None, None, training=True), lambda x: NF.group_norm(x, 2),
                lambda x: NF.instance_norm(x), lambda x: NF.layer_norm(x, (5,)), lambda x: NF.rms_norm(x, (4, 5))):
         torch.autograd.gradcheck(fn, (x,))
 
 
-def test_double_backward_is_a_clear_error():
+@pytest.mark.parametrize("loss", ["cube", "linear"])
+def test_double_backward_is_a_clear_error(path, loss):
     x = _x((3, 4, 5)).requires_grad_(True)
     for fn in (lambda x: NF.batch_norm(x, None, None, training=True), lambda x: NF.group_norm(x, 2),
                lambda x: NF.instance_norm(x), lambda x: NF.layer_norm(x, (5,)), lambda x: NF.rms_norm(x, (5,))):
         y = fn(x)
-        (gx,) = torch.autograd.grad((y ** 3).sum(), x, create_graph=True)
+        # "linear": dy does not depend on x, but dx still does (through the saved input)
+        out = (y ** 3).sum() if loss == "cube" else (y * _x(y.shape, seed=3)).sum()
+        (gx,) = torch.autograd.grad(out, x, create_graph=True)
         with pytest.raises(RuntimeError, match="double backward"):
-            gx.sum().backward()
+            gx.pow(2).sum().backward()
 
 
-def test_gradients_of_unused_outputs_and_frozen_parameters():
+def test_gradients_of_unused_outputs_and_frozen_parameters(path):
     x = _x((4, 3, 5)).requires_grad_(True)
     w, b = _params(3)
     y = NF.batch_norm(x, None, None, w, b, True)  # parameters without requires_grad
@@ -219,7 +231,7 @@ def test_unsupported_dtypes_run_pytorchs_op_and_warn_once(dtype, monkeypatch):
     assert int(bn.num_batches_tracked) == 1
 
 
-def test_input_errors_are_runtime_and_value_errors():
+def test_input_errors_are_runtime_and_value_errors(path):
     x = _x((3, 4, 5))
     with pytest.raises(nt.InputError, match="running_mean"):
         NF.batch_norm(x, torch.zeros(5, dtype=x.dtype), torch.ones(5, dtype=x.dtype), training=True)
@@ -229,6 +241,29 @@ def test_input_errors_are_runtime_and_value_errors():
         NF.group_norm(x, 3)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         NF.batch_norm(x[:1, :, :1], None, None, training=True)
+
+
+def test_eager_path_is_taken_for_plain_cpu_tensors_only():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = _x((3, 4, 5))
+    assert _eager.applies(x) and _eager.applies(torch.nn.Parameter(x))
+    assert not _eager.applies(x.to("meta"))
+    with FakeTensorMode() as mode:
+        assert not _eager.applies(mode.from_tensor(x))
+    assert not torch.func.vmap(lambda t: torch.tensor(_eager.applies(t)))(x).any()
+
+
+def test_eager_running_stats_update_in_place_and_bump_versions():
+    x = _x((3, 4, 5))
+    rm, rv = torch.zeros(4, dtype=x.dtype), torch.ones(4, dtype=x.dtype)
+    ptr, version = rm.data_ptr(), rm._version
+    NF.batch_norm(x, rm, rv, training=True)
+    ref_m, ref_v = torch.zeros(4, dtype=x.dtype), torch.ones(4, dtype=x.dtype)
+    torch.nn.functional.batch_norm(x, ref_m, ref_v, training=True)
+    torch.testing.assert_close(rm, ref_m)
+    torch.testing.assert_close(rv, ref_v)
+    assert rm.data_ptr() == ptr and rm._version > version
 
 
 def test_import_numbanorm_does_not_import_torch():

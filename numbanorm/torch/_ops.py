@@ -1,6 +1,8 @@
 """numbanorm's kernels as PyTorch custom operators (``torch.ops.numbanorm.*``).
 
-Each family is a functional forward op and a backward op, both CPU-only:
+Each family is a functional forward op and a backward op, both CPU-only, whose bodies
+are the implementation functions below (``bn_forward``, ``bn_backward``, ...), shared
+with the eager path of :mod:`numbanorm.torch._eager`:
 
 ========================================  ==========================================================
 ``batch_norm(x, w, b, rm, rv, training,    ``(y, mean, rstd, new_running_mean, new_running_var)``
@@ -29,7 +31,8 @@ operator"), so the forward ops are functional. In training with running statisti
 return the updated ones: numbanorm updates copies of the buffers in place through NumPy
 views, and :mod:`numbanorm.torch.functional` copies them into the buffers (2 x C
 values) after the op has returned, so a bad input leaves the buffers untouched. The
-copies are empty (0,) tensors when nothing is updated.
+copies are empty (0,) tensors when nothing is updated. (The eager path updates the
+buffers themselves in place: numbanorm validates before it writes.)
 
 ``register_fake`` gives every op's output shapes, dtypes and strides (meta tensors,
 ``torch.compile``); ``register_autograd`` runs the backward op. The backward ops have a
@@ -142,11 +145,18 @@ def _stats(arr):
     return torch.from_numpy(arr)
 
 
-def _param_grad(grad, param):
-    """A parameter's gradient in the parameter's dtype, or an empty (0,) tensor."""
+def _grad(grad, param):
+    """A parameter's gradient (numbanorm's array) as a tensor in the parameter's dtype, or None."""
     if param is None or grad is None:
-        return torch.empty(0, dtype=torch.float64 if param is None else param.dtype)
+        return None
     return torch.from_numpy(grad).to(param.dtype)
+
+
+def _or_empty(grad, param):
+    """The ops' convention for an absent parameter's gradient: an empty (0,) tensor."""
+    if grad is None:
+        return torch.empty(0, dtype=torch.float64 if param is None else param.dtype)
+    return grad
 
 
 def _fake_param_grad(param, x):
@@ -179,6 +189,80 @@ def _register_backward_op(op, name):
     op.register_autograd(_no_double_backward(name), setup_context=lambda ctx, inputs, output: None)
 
 
+# -- implementations: tensors in, tensors out (the ops' bodies and the eager Functions') -----
+
+def bn_forward(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    """``(y, mean, rstd)`` of BatchNorm; in training, given running buffers are updated in place."""
+    x, layout = _dense(input)
+    y, mean, rstd = _call(F.batch_norm, _np(x), _np(running_mean), _np(running_var), _np(weight), _np(bias),
+                          training, momentum, eps, return_stats=True)
+    return _out(y, x, layout), _stats(mean), _stats(rstd)
+
+
+def bn_backward(grad_output, input, mean, rstd, weight, bias, use_input_stats):
+    """``(dx, dweight or None, dbias or None)`` of BatchNorm."""
+    x, layout = _dense(input)
+    dx, dw, db = _call(F.batch_norm_backward, _np(grad_output), _np(x), _np(mean), _np(rstd), _np(weight),
+                       _np(bias), use_input_stats)  # the flag positionally: it is being renamed
+    return _out(dx, x, layout), _grad(dw, weight), _grad(db, bias)
+
+
+def in_forward(input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
+    """``(y, mean, rstd)`` of InstanceNorm, statistics (N, C); with ``use_input_stats``, given
+    running buffers are updated in place."""
+    x, layout = _dense(input)
+    y, mean, rstd = _call(F.instance_norm, _np(x), _np(running_mean), _np(running_var), _np(weight), _np(bias),
+                          use_input_stats, momentum, eps, return_stats=True)
+    return _out(y, x, layout), _stats(mean), _stats(rstd)
+
+
+def in_backward(grad_output, input, mean, rstd, weight, bias, use_input_stats):
+    x, layout = _dense(input)
+    dx, dw, db = _call(F.instance_norm_backward, _np(grad_output), _np(x), _np(mean), _np(rstd), _np(weight),
+                       _np(bias), use_input_stats)
+    return _out(dx, x, layout), _grad(dw, weight), _grad(db, bias)
+
+
+def gn_forward(input, num_groups, weight, bias, eps):
+    """``(y, mean, rstd)`` of GroupNorm, statistics (N, num_groups)."""
+    x, layout = _dense(input)
+    y, mean, rstd = _call(F.group_norm, _np(x), num_groups, _np(weight), _np(bias), eps, return_stats=True)
+    return _out(y, x, layout), _stats(mean), _stats(rstd)
+
+
+def gn_backward(grad_output, input, num_groups, mean, rstd, weight, bias):
+    x, layout = _dense(input)
+    dx, dw, db = _call(F.group_norm_backward, _np(grad_output), _np(x), num_groups, _np(mean), _np(rstd),
+                       _np(weight), _np(bias))
+    return _out(dx, x, layout), _grad(dw, weight), _grad(db, bias)
+
+
+def ln_forward(input, normalized_shape, weight, bias, eps):
+    """``(y, mean, rstd)`` of LayerNorm: ``y`` contiguous, statistics ``input.shape[:-k]``."""
+    y, mean, rstd = _call(F.layer_norm, _np(input), tuple(normalized_shape), _np(weight), _np(bias), eps,
+                          return_stats=True)
+    return _out(y, input, "cf"), _stats(mean), _stats(rstd)
+
+
+def ln_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias):
+    dx, dw, db = _call(F.layer_norm_backward, _np(grad_output), _np(input), tuple(normalized_shape), _np(mean),
+                       _np(rstd), _np(weight), _np(bias))
+    return _out(dx, input, "cf"), _grad(dw, weight), _grad(db, bias)
+
+
+def rms_forward(input, normalized_shape, weight, eps):
+    """``(y, rstd)`` of RMSNorm (``eps=None``: the dtype's machine epsilon)."""
+    res = _call(F.rms_norm, _np(input), tuple(normalized_shape), _np(weight), eps, return_stats=True)
+    y, rstd = res[0], res[-1]  # (y, rstd) today, (y, None, rstd) once rms_norm matches layer_norm
+    return _out(y, input, "cf"), _stats(rstd)
+
+
+def rms_backward(grad_output, input, normalized_shape, rstd, weight):
+    dx, dw, _ = _call(F.rms_norm_backward, _np(grad_output), _np(input), tuple(normalized_shape), _np(rstd),
+                      _np(weight))
+    return _out(dx, input, "cf"), _grad(dw, weight)
+
+
 # -- BatchNorm --------------------------------------------------------------------------
 
 @torch.library.custom_op("numbanorm::batch_norm", mutates_args=(), device_types="cpu")
@@ -188,13 +272,11 @@ def batch_norm(input: Tensor, weight: Tensor | None, bias: Tensor | None, runnin
     """BatchNorm over axis 1; see :func:`numbanorm.functional.batch_norm`. Returns
     ``(y, mean, rstd, new_running_mean, new_running_var)`` (the last two empty unless
     training with running statistics)."""
-    x, layout = _dense(input)
     rm, rv = _running_copies(running_mean, running_var) if training else (running_mean, running_var)
-    y, mean, rstd = _call(F.batch_norm, _np(x), _np(rm), _np(rv), _np(weight), _np(bias), training, momentum, eps,
-                          return_stats=True)
+    y, mean, rstd = bn_forward(input, weight, bias, rm, rv, training, momentum, eps)
     if not (training and running_mean is not None):
         rm, rv = _empty0(input), _empty0(input)
-    return _out(y, x, layout), _stats(mean), _stats(rstd), rm, rv
+    return y, mean, rstd, rm, rv
 
 
 @batch_norm.register_fake
@@ -214,10 +296,8 @@ def _(input, weight, bias, running_mean, running_var, training, momentum, eps):
 def batch_norm_backward(grad_output: Tensor, input: Tensor, mean: Tensor, rstd: Tensor, weight: Tensor | None,
                         bias: Tensor | None, use_input_stats: bool) -> tuple[Tensor, Tensor, Tensor]:
     """``(dx, dweight, dbias)`` of :func:`batch_norm` (dweight/dbias empty without the parameter)."""
-    x, layout = _dense(input)
-    dx, dw, db = _call(F.batch_norm_backward, _np(grad_output), _np(x), _np(mean), _np(rstd), _np(weight), _np(bias),
-                       use_input_stats)
-    return _out(dx, x, layout), _param_grad(dw, weight), _param_grad(db, bias)
+    dx, dw, db = bn_backward(grad_output, input, mean, rstd, weight, bias, use_input_stats)
+    return dx, _or_empty(dw, weight), _or_empty(db, bias)
 
 
 @batch_norm_backward.register_fake
@@ -233,6 +313,7 @@ def _setup_channels(ctx, inputs, output, use_input_stats):
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, mean, rstd, weight, bias)
     ctx.use_input_stats = use_input_stats
+    ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
 
 
 def _grads(ctx, dx, dw, db, n_rest):
@@ -241,9 +322,8 @@ def _grads(ctx, dx, dw, db, n_rest):
 
 
 def _bn_setup(ctx, inputs, output):
-    _, weight, bias, running_mean, _, training = inputs[:6]
+    running_mean, training = inputs[3], inputs[5]
     _setup_channels(ctx, inputs, output, bool(training) or running_mean is None)
-    ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
 
 
 def _bn_backward(ctx, dy, *_):
@@ -266,13 +346,11 @@ def instance_norm(input: Tensor, weight: Tensor | None, bias: Tensor | None, run
                   eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """InstanceNorm per (sample, channel); see :func:`numbanorm.functional.instance_norm`.
     Returns ``(y, mean, rstd, new_running_mean, new_running_var)``, statistics (N, C)."""
-    x, layout = _dense(input)
     rm, rv = _running_copies(running_mean, running_var) if use_input_stats else (running_mean, running_var)
-    y, mean, rstd = _call(F.instance_norm, _np(x), _np(rm), _np(rv), _np(weight), _np(bias), use_input_stats,
-                          momentum, eps, return_stats=True)
+    y, mean, rstd = in_forward(input, weight, bias, rm, rv, use_input_stats, momentum, eps)
     if not (use_input_stats and running_mean is not None):
         rm, rv = _empty0(input), _empty0(input)
-    return _out(y, x, layout), _stats(mean), _stats(rstd), rm, rv
+    return y, mean, rstd, rm, rv
 
 
 @instance_norm.register_fake
@@ -292,10 +370,8 @@ def _(input, weight, bias, running_mean, running_var, use_input_stats, momentum,
 def instance_norm_backward(grad_output: Tensor, input: Tensor, mean: Tensor, rstd: Tensor, weight: Tensor | None,
                            bias: Tensor | None, use_input_stats: bool) -> tuple[Tensor, Tensor, Tensor]:
     """``(dx, dweight, dbias)`` of :func:`instance_norm`."""
-    x, layout = _dense(input)
-    dx, dw, db = _call(F.instance_norm_backward, _np(grad_output), _np(x), _np(mean), _np(rstd), _np(weight),
-                       _np(bias), use_input_stats)
-    return _out(dx, x, layout), _param_grad(dw, weight), _param_grad(db, bias)
+    dx, dw, db = in_backward(grad_output, input, mean, rstd, weight, bias, use_input_stats)
+    return dx, _or_empty(dw, weight), _or_empty(db, bias)
 
 
 @instance_norm_backward.register_fake
@@ -305,9 +381,7 @@ def _(grad_output, input, mean, rstd, weight, bias, use_input_stats):
 
 
 def _in_setup(ctx, inputs, output):
-    _, weight, bias, _, _, use_input_stats = inputs[:6]
-    _setup_channels(ctx, inputs, output, bool(use_input_stats))
-    ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+    _setup_channels(ctx, inputs, output, bool(inputs[5]))
 
 
 def _in_backward(ctx, dy, *_):
@@ -329,9 +403,7 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None, bias: Tens
                eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """GroupNorm; see :func:`numbanorm.functional.group_norm`. Returns ``(y, mean, rstd)``,
     statistics (N, num_groups)."""
-    x, layout = _dense(input)
-    y, mean, rstd = _call(F.group_norm, _np(x), num_groups, _np(weight), _np(bias), eps, return_stats=True)
-    return _out(y, x, layout), _stats(mean), _stats(rstd)
+    return gn_forward(input, num_groups, weight, bias, eps)
 
 
 @group_norm.register_fake
@@ -346,10 +418,8 @@ def _(input, num_groups, weight, bias, eps):
 def group_norm_backward(grad_output: Tensor, input: Tensor, num_groups: int, mean: Tensor, rstd: Tensor,
                         weight: Tensor | None, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """``(dx, dweight, dbias)`` of :func:`group_norm`."""
-    x, layout = _dense(input)
-    dx, dw, db = _call(F.group_norm_backward, _np(grad_output), _np(x), num_groups, _np(mean), _np(rstd),
-                       _np(weight), _np(bias))
-    return _out(dx, x, layout), _param_grad(dw, weight), _param_grad(db, bias)
+    dx, dw, db = gn_backward(grad_output, input, num_groups, mean, rstd, weight, bias)
+    return dx, _or_empty(dw, weight), _or_empty(db, bias)
 
 
 @group_norm_backward.register_fake
@@ -392,9 +462,7 @@ def layer_norm(input: Tensor, normalized_shape: list[int], weight: Tensor | None
     """LayerNorm over the trailing ``normalized_shape``; see
     :func:`numbanorm.functional.layer_norm`. Returns contiguous ``y`` and float64
     ``mean``, ``rstd`` of shape ``input.shape[:-len(normalized_shape)]``."""
-    y, mean, rstd = _call(F.layer_norm, _np(input), tuple(normalized_shape), _np(weight), _np(bias), eps,
-                          return_stats=True)
-    return _out(y, input, "cf"), _stats(mean), _stats(rstd)
+    return ln_forward(input, normalized_shape, weight, bias, eps)
 
 
 @layer_norm.register_fake
@@ -408,9 +476,8 @@ def _(input, normalized_shape, weight, bias, eps):
 def layer_norm_backward(grad_output: Tensor, input: Tensor, normalized_shape: list[int], mean: Tensor, rstd: Tensor,
                         weight: Tensor | None, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """``(dx, dweight, dbias)`` of :func:`layer_norm` (dx contiguous)."""
-    dx, dw, db = _call(F.layer_norm_backward, _np(grad_output), _np(input), tuple(normalized_shape), _np(mean),
-                       _np(rstd), _np(weight), _np(bias))
-    return _out(dx, input, "cf"), _param_grad(dw, weight), _param_grad(db, bias)
+    dx, dw, db = ln_backward(grad_output, input, normalized_shape, mean, rstd, weight, bias)
+    return dx, _or_empty(dw, weight), _or_empty(db, bias)
 
 
 @layer_norm_backward.register_fake
@@ -447,9 +514,7 @@ def rms_norm(input: Tensor, normalized_shape: list[int], weight: Tensor | None,
              eps: float | None) -> tuple[Tensor, Tensor]:
     """RMSNorm over the trailing ``normalized_shape`` (``eps=None``: the dtype's machine
     epsilon); see :func:`numbanorm.functional.rms_norm`. Returns ``(y, rstd)``."""
-    res = _call(F.rms_norm, _np(input), tuple(normalized_shape), _np(weight), eps, return_stats=True)
-    y, rstd = res[0], res[-1]  # (y, rstd) today, (y, None, rstd) once rms_norm matches layer_norm
-    return _out(y, input, "cf"), _stats(rstd)
+    return rms_forward(input, normalized_shape, weight, eps)
 
 
 @rms_norm.register_fake
@@ -461,9 +526,8 @@ def _(input, normalized_shape, weight, eps):
 def rms_norm_backward(grad_output: Tensor, input: Tensor, normalized_shape: list[int], rstd: Tensor,
                       weight: Tensor | None) -> tuple[Tensor, Tensor]:
     """``(dx, dweight)`` of :func:`rms_norm` (dweight empty without a weight)."""
-    dx, dw, _ = _call(F.rms_norm_backward, _np(grad_output), _np(input), tuple(normalized_shape), _np(rstd),
-                      _np(weight))
-    return _out(dx, input, "cf"), _param_grad(dw, weight)
+    dx, dw = rms_backward(grad_output, input, normalized_shape, rstd, weight)
+    return dx, _or_empty(dw, weight)
 
 
 @rms_norm_backward.register_fake

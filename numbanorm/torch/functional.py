@@ -6,8 +6,13 @@ Same signatures and results as ``torch.nn.functional.batch_norm``, ``instance_no
 backward); anything else (CUDA tensors, float16/bfloat16, sparse tensors) runs
 PyTorch's own function, with one warning per function and reason.
 
+Plain eager calls run :mod:`numbanorm.torch._eager` (the same implementation through
+``torch.autograd.Function``, without the operator dispatch overhead); anything that
+traces (``torch.compile``, fake or meta tensors, ``torch.jit.trace``) runs the operators.
+
 Running statistics given with ``training=True`` (``use_input_stats=True``) are updated
-in place, after the operator has returned: an input it rejects leaves them unchanged.
+in place, only once numbanorm has accepted the input: an input it rejects leaves them
+unchanged.
 """
 
 import warnings
@@ -15,6 +20,7 @@ import warnings
 import torch
 import torch.nn.functional as TF
 
+from . import _eager
 from ._ops import SUPPORTED_DTYPES
 
 __all__ = ["batch_norm", "instance_norm", "layer_norm", "group_norm", "rms_norm", "unsupported_reason"]
@@ -72,6 +78,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         warn_fallback("batch_norm", reason)
         return TF.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
     training = bool(training)
+    if _eager.applies(input):
+        return _eager.BatchNorm.apply(input, weight, bias, running_mean, running_var, training, float(momentum),
+                                      float(eps))
     y, _, _, new_mean, new_var = torch.ops.numbanorm.batch_norm(
         input, weight, bias, running_mean, running_var, training, float(momentum), float(eps))
     if training and running_mean is not None:
@@ -87,6 +96,9 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
         warn_fallback("instance_norm", reason)
         return TF.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
     use_input_stats = bool(use_input_stats)
+    if _eager.applies(input):
+        return _eager.InstanceNorm.apply(input, weight, bias, running_mean, running_var, use_input_stats,
+                                         float(momentum), float(eps))
     y, _, _, new_mean, new_var = torch.ops.numbanorm.instance_norm(
         input, weight, bias, running_mean, running_var, use_input_stats, float(momentum), float(eps))
     if use_input_stats and running_mean is not None:
@@ -100,6 +112,8 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     if reason is not None:
         warn_fallback("layer_norm", reason)
         return TF.layer_norm(input, normalized_shape, weight, bias, eps)
+    if _eager.applies(input):
+        return _eager.LayerNorm.apply(input, _shape_list(normalized_shape), weight, bias, float(eps))
     return torch.ops.numbanorm.layer_norm(input, _shape_list(normalized_shape), weight, bias, float(eps))[0]
 
 
@@ -111,6 +125,8 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
         warn_fallback("rms_norm", reason)
         return TF.rms_norm(input, normalized_shape, weight, eps)
     eps = None if eps is None else float(eps)
+    if _eager.applies(input):
+        return _eager.RMSNorm.apply(input, _shape_list(normalized_shape), weight, eps)
     return torch.ops.numbanorm.rms_norm(input, _shape_list(normalized_shape), weight, eps)[0]
 
 
@@ -120,4 +136,6 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     if reason is not None:
         warn_fallback("group_norm", reason)
         return TF.group_norm(input, num_groups, weight, bias, eps)
+    if _eager.applies(input):
+        return _eager.GroupNorm.apply(input, int(num_groups), weight, bias, float(eps))
     return torch.ops.numbanorm.group_norm(input, int(num_groups), weight, bias, float(eps))[0]
