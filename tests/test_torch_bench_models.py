@@ -6,6 +6,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 bench_models = pytest.importorskip("numbanorm.torch.bench_models")
 
+pytestmark = pytest.mark.torch
+
 
 def test_run_models_rows_and_table():
     names = ["resnet18 BN2d channels_last", "transformer norm-first LN"]

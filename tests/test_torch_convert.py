@@ -8,6 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 nt = pytest.importorskip("numbanorm.torch")
 
+pytestmark = pytest.mark.torch
+
 torch.set_num_threads(2)
 
 

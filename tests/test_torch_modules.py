@@ -12,6 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 nt = pytest.importorskip("numbanorm.torch")
 
+pytestmark = pytest.mark.torch
+
 torch.set_num_threads(2)
 
 # (id, constructor taking the module namespace, input shape, channel layouts to try)

@@ -9,6 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 nt = pytest.importorskip("numbanorm.torch")
 
+pytestmark = pytest.mark.torch
+
 from numbanorm.torch import _eager, _ops  # noqa: E402
 from numbanorm.torch import functional as NF  # noqa: E402
 

@@ -170,13 +170,15 @@ def _paired(pairs):
     return statistics.median(stock), statistics.median(conv), statistics.median(a / b for a, b in pairs)
 
 
-def _norm_share(step):
-    """Share of a train step's CPU time spent in norm operators (self times, forward and backward)."""
+def _norm_share(step, steps=3):
+    """Share of train steps' CPU time spent in norm operators (self times, forward and
+    backward; summed over ``steps`` profiled steps, which steadies the estimate)."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        with record_function("numbanorm-bench-step"):
-            step()
+        for _ in range(steps):
+            with record_function("numbanorm-bench-step"):
+                step()
     total = norm = 0.0
     for event in prof.key_averages():
         if event.key == "numbanorm-bench-step":
