@@ -10,10 +10,14 @@
 - :mod:`numbanorm.torch._ops`: ``torch.ops.numbanorm.{batch_norm, instance_norm, layer_norm,
   rms_norm, group_norm}`` and their ``*_backward`` ops (``torch.library.custom_op`` with
   ``register_fake`` and ``register_autograd``) over :mod:`numbanorm.functional`.
+- :mod:`numbanorm.torch._eager`: the same implementation as ``torch.autograd.Function`` classes,
+  which plain eager calls take (no operator dispatch); tracing sees the operators.
 - :mod:`numbanorm.torch.functional`: drop-ins for ``torch.nn.functional``'s norm functions.
 - :mod:`numbanorm.torch.convert`: :func:`convert` and :func:`revert`.
 - :mod:`numbanorm.torch.modules`: ``BatchNorm1d/2d/3d``, ``InstanceNorm1d/2d/3d``,
   ``LayerNorm``, ``GroupNorm``, ``RMSNorm``, subclasses of the ``torch.nn`` modules.
+- :mod:`numbanorm.torch.bench_models`: ``run_models(threads=2)``, stock vs converted
+  train-step and inference time of real models (imported on demand, not here).
 
 CPU float32/float64 tensors run numbanorm; CUDA tensors, float16/bfloat16 and anything
 else run PyTorch's own kernels (with one warning). ``import numbanorm`` never imports torch.

@@ -12,6 +12,10 @@ Differences from PyTorch, on purpose:
   (the value after a good batch is the same).
 - numbanorm's input errors are :class:`numbanorm.torch.InputError`, a ``RuntimeError``
   (like PyTorch's kernel checks) that is also a ``ValueError``.
+- An input of the other float dtype than the parameters (float64 input, float32 module)
+  is accepted, as numbanorm accepts it: the input's dtype sets the output's, and running
+  statistics are updated in their own dtype. PyTorch raises there.
+- ``momentum`` must lie in [0, 1] (numbanorm's check); PyTorch takes any number.
 - Inputs numbanorm does not run (CUDA, float16/bfloat16, sparse) run the stock method:
   exactly PyTorch's behaviour, with one warning.
 """
