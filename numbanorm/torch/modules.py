@@ -1,0 +1,157 @@
+"""``torch.nn`` normalization modules on numbanorm's kernels.
+
+Each class subclasses the matching ``torch.nn`` module and replaces only the method that
+calls the kernel (``forward``; ``_apply_instance_norm`` for InstanceNorm): constructor,
+parameters, buffers, ``num_batches_tracked``, ``state_dict``, ``repr``, ``momentum=None``
+(cumulative average), ``track_running_stats`` and train/eval are PyTorch's own.
+
+Differences from PyTorch, on purpose:
+
+- A bad input raises before anything changes: PyTorch bumps ``num_batches_tracked``
+  before its kernel rejects a batch, these modules bump it after the kernel succeeded
+  (the value after a good batch is the same).
+- numbanorm's input errors are :class:`numbanorm.torch.InputError`, a ``RuntimeError``
+  (like PyTorch's kernel checks) that is also a ``ValueError``.
+- An input of the other float dtype than the parameters (float64 input, float32 module)
+  is accepted, as numbanorm accepts it: the input's dtype sets the output's, and running
+  statistics are updated in their own dtype. PyTorch raises there.
+- ``momentum`` must lie in [0, 1] (numbanorm's check); PyTorch takes any number.
+- Inputs numbanorm does not run (CUDA, float16/bfloat16, sparse) run the stock method:
+  exactly PyTorch's behaviour, with one warning.
+"""
+
+import torch
+
+from . import functional as NF
+
+__all__ = [
+    "NumbanormModule",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "LayerNorm",
+    "GroupNorm",
+    "RMSNorm",
+]
+
+
+class NumbanormModule:
+    """Base of every numbanorm module: the stock class it replaces and the methods it overrides.
+
+    ``_numbanorm_origin`` is the class :func:`numbanorm.torch.revert` restores;
+    ``_numbanorm_replaces`` the methods this class overrides, which a third-party
+    subclass must not override itself for :func:`numbanorm.torch.convert` to swap it.
+    """
+
+    _numbanorm_origin = None
+    _numbanorm_replaces = ("forward",)
+
+
+class _BatchNorm(NumbanormModule):
+    def forward(self, input):
+        self._check_input_dim(input)
+        reason = NF.unsupported_reason(input, self.weight, self.bias, self.running_mean, self.running_var)
+        if reason is not None:
+            NF.warn_fallback(type(self).__name__, reason)
+            return super().forward(input)
+        # PyTorch's rules (torch.nn.modules.batchnorm._BatchNorm.forward), except that
+        # num_batches_tracked is bumped after the kernel accepted the batch.
+        factor = 0.0 if self.momentum is None else self.momentum
+        bump = self.training and self.track_running_stats and self.num_batches_tracked is not None
+        if bump and self.momentum is None:
+            factor = 1.0 / float(self.num_batches_tracked + 1)  # cumulative moving average
+        if self.training:
+            bn_training = True
+        else:
+            bn_training = self.running_mean is None and self.running_var is None
+        use_running = not self.training or self.track_running_stats
+        y = NF.batch_norm(input, self.running_mean if use_running else None,
+                          self.running_var if use_running else None, self.weight, self.bias, bn_training, factor,
+                          self.eps)
+        if bump:
+            self.num_batches_tracked.add_(1)
+        return y
+
+
+class BatchNorm1d(_BatchNorm, torch.nn.BatchNorm1d):
+    """:class:`torch.nn.BatchNorm1d` on numbanorm's kernels ((N, C) or (N, C, L) input)."""
+
+    _numbanorm_origin = torch.nn.BatchNorm1d
+
+
+class BatchNorm2d(_BatchNorm, torch.nn.BatchNorm2d):
+    """:class:`torch.nn.BatchNorm2d` on numbanorm's kernels (contiguous and channels_last run without a copy)."""
+
+    _numbanorm_origin = torch.nn.BatchNorm2d
+
+
+class BatchNorm3d(_BatchNorm, torch.nn.BatchNorm3d):
+    """:class:`torch.nn.BatchNorm3d` on numbanorm's kernels."""
+
+    _numbanorm_origin = torch.nn.BatchNorm3d
+
+
+class _InstanceNorm(NumbanormModule):
+    _numbanorm_replaces = ("forward", "_apply_instance_norm")
+
+    def _apply_instance_norm(self, input):
+        reason = NF.unsupported_reason(input, self.weight, self.bias, self.running_mean, self.running_var)
+        if reason is not None:
+            NF.warn_fallback(type(self).__name__, reason)
+            return super()._apply_instance_norm(input)
+        return NF.instance_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
+                                self.training or not self.track_running_stats,
+                                self.momentum if self.momentum is not None else 0.0, self.eps)
+
+
+class InstanceNorm1d(_InstanceNorm, torch.nn.InstanceNorm1d):
+    """:class:`torch.nn.InstanceNorm1d` on numbanorm's kernels."""
+
+    _numbanorm_origin = torch.nn.InstanceNorm1d
+
+
+class InstanceNorm2d(_InstanceNorm, torch.nn.InstanceNorm2d):
+    """:class:`torch.nn.InstanceNorm2d` on numbanorm's kernels."""
+
+    _numbanorm_origin = torch.nn.InstanceNorm2d
+
+
+class InstanceNorm3d(_InstanceNorm, torch.nn.InstanceNorm3d):
+    """:class:`torch.nn.InstanceNorm3d` on numbanorm's kernels."""
+
+    _numbanorm_origin = torch.nn.InstanceNorm3d
+
+
+class LayerNorm(NumbanormModule, torch.nn.LayerNorm):
+    """:class:`torch.nn.LayerNorm` on numbanorm's kernels."""
+
+    _numbanorm_origin = torch.nn.LayerNorm
+
+    def forward(self, input):
+        return NF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class GroupNorm(NumbanormModule, torch.nn.GroupNorm):
+    """:class:`torch.nn.GroupNorm` on numbanorm's kernels (contiguous and channels_last run without a copy)."""
+
+    _numbanorm_origin = torch.nn.GroupNorm
+
+    def forward(self, input):
+        return NF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(NumbanormModule, torch.nn.RMSNorm):
+    """:class:`torch.nn.RMSNorm` on numbanorm's kernels."""
+
+    _numbanorm_origin = torch.nn.RMSNorm
+
+    def forward(self, x):
+        return NF.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+
+
+#: Stock ``torch.nn`` class -> numbanorm class.
+MODULES = {cls._numbanorm_origin: cls for cls in (BatchNorm1d, BatchNorm2d, BatchNorm3d, InstanceNorm1d,
+                                                  InstanceNorm2d, InstanceNorm3d, LayerNorm, GroupNorm, RMSNorm)}
