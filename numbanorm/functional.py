@@ -219,7 +219,8 @@ def _check_count(count, training, size):
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
 
 
-def batch_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_stats=True, *, comm=None):
+def batch_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_stats=True, *, comm=None,
+                        local_param_grads=False):
     r"""Gradients of :func:`batch_norm` given the statistics its forward used.
 
     With :math:`\hat x = (x - \mu)\,\sigma^{-1}` and sums over a channel's m values:
@@ -252,6 +253,9 @@ def batch_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_sta
         (count, sum dy, sum dy*(x - mean)) goes through one all-gather and is summed in
         rank order, so dx equals a single-process BatchNorm's on the whole batch and
         ``dweight``/``dbias`` are whole-batch sums, identical on every rank.
+    local_param_grads : bool
+        With ``comm``: return this rank's own ``dweight``/``dbias`` sums instead (PyTorch's
+        SyncBatchNorm convention, which leaves them for DistributedDataParallel to average).
 
     Returns
     -------
@@ -275,10 +279,13 @@ def batch_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_sta
             exchange.share((np.array([float(count)]), be.arrays.to_host(db), be.arrays.to_host(s_dyx)))
     dx = be.layout.Output(layout, x3, x)
     if exchange is not None:
+        local = db, s_dyx
         total, db, s_dyx = sum_parts(exchange.parts, "batch_norm_backward")
         db, s_dyx = be.arrays.from_host(db), be.arrays.from_host(s_dyx)
         dw = be.batchnorm.apply_dx(layout, x3, dy3, dx.view, mean, rstd, weight, db, s_dyx, float(total[0]),
                                    bool(use_input_stats))
+        if local_param_grads:
+            db, dw = local[0], be.batchnorm.dweight(local[1], rstd)
     elif x.size:
         dw, db = be.batchnorm.backward(layout, x3, dy3, dx.view, mean, rstd, weight, bool(use_input_stats))
     else:

@@ -15,7 +15,9 @@
 - :mod:`numbanorm.torch.functional`: drop-ins for ``torch.nn.functional``'s norm functions.
 - :mod:`numbanorm.torch.convert`: :func:`convert` and :func:`revert`.
 - :mod:`numbanorm.torch.modules`: ``BatchNorm1d/2d/3d``, ``InstanceNorm1d/2d/3d``,
-  ``LayerNorm``, ``GroupNorm``, ``RMSNorm``, subclasses of the ``torch.nn`` modules.
+  ``LayerNorm``, ``GroupNorm``, ``RMSNorm``, ``SyncBatchNorm``, subclasses of the ``torch.nn`` modules.
+- :mod:`numbanorm.torch.distributed`: ``TorchCommunicator`` (torch.distributed, gloo) and the
+  SyncBatchNorm function the module runs on CPU tensors.
 - :mod:`numbanorm.torch.bench_models`: ``run_models(threads=2)``, stock vs converted
   train-step and inference time of real models (imported on demand, not here).
 
@@ -43,6 +45,7 @@ from .modules import (
     LayerNorm,
     NumbanormModule,
     RMSNorm,
+    SyncBatchNorm,
 )
 
 __all__ = [
@@ -62,4 +65,5 @@ __all__ = [
     "LayerNorm",
     "GroupNorm",
     "RMSNorm",
+    "SyncBatchNorm",
 ]

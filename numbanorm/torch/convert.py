@@ -25,7 +25,6 @@ __all__ = ["convert", "revert", "ConversionReport"]
 
 # Stock classes numbanorm has no module for, with the reason the report gives.
 _UNSUPPORTED = (
-    (torch.nn.SyncBatchNorm, "SyncBatchNorm: numbanorm.torch has no SyncBatchNorm module"),
     (torch.nn.LocalResponseNorm, "LocalResponseNorm: not a normalization numbanorm implements"),
     (torch.nn.CrossMapLRN2d, "CrossMapLRN2d: not a normalization numbanorm implements"),
 )

@@ -35,6 +35,7 @@ __all__ = [
     "LayerNorm",
     "GroupNorm",
     "RMSNorm",
+    "SyncBatchNorm",
 ]
 
 
@@ -51,6 +52,15 @@ class NumbanormModule:
 
 
 class _BatchNorm(NumbanormModule):
+    def _factor(self):
+        """PyTorch's running-average weight of this step (momentum, or 1/steps for momentum=None)
+        and whether num_batches_tracked is bumped (after the kernel accepted the batch)."""
+        factor = 0.0 if self.momentum is None else self.momentum
+        bump = self.training and self.track_running_stats and self.num_batches_tracked is not None
+        if bump and self.momentum is None:
+            factor = 1.0 / float(self.num_batches_tracked + 1)  # cumulative moving average
+        return factor, bump
+
     def forward(self, input):
         self._check_input_dim(input)
         reason = NF.unsupported_reason(input, self.weight, self.bias, self.running_mean, self.running_var)
@@ -59,10 +69,7 @@ class _BatchNorm(NumbanormModule):
             return super().forward(input)
         # PyTorch's rules (torch.nn.modules.batchnorm._BatchNorm.forward), except that
         # num_batches_tracked is bumped after the kernel accepted the batch.
-        factor = 0.0 if self.momentum is None else self.momentum
-        bump = self.training and self.track_running_stats and self.num_batches_tracked is not None
-        if bump and self.momentum is None:
-            factor = 1.0 / float(self.num_batches_tracked + 1)  # cumulative moving average
+        factor, bump = self._factor()
         if self.training:
             bn_training = True
         else:
@@ -152,6 +159,47 @@ class RMSNorm(NumbanormModule, torch.nn.RMSNorm):
         return NF.rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
 
+class SyncBatchNorm(_BatchNorm, torch.nn.SyncBatchNorm):
+    """:class:`torch.nn.SyncBatchNorm` that also runs on CPU tensors (gloo), on numbanorm's kernels.
+
+    In training with an initialized ``torch.distributed`` group of more than one rank
+    (``process_group``, default the world), the statistics are the whole batch's:
+    numbanorm's exchange (:mod:`numbanorm.torch.distributed`) merges every rank's
+    per-channel (count, mean, M2) with Chan's formula in rank order, so ranks may hold
+    uneven batches, or none; running statistics are identical on every rank. dx is the
+    whole batch's; ``weight.grad``/``bias.grad`` are this rank's own sums, as in PyTorch
+    (DistributedDataParallel averages them). A bad input on one rank makes every rank
+    raise; nothing changes anywhere. Otherwise (evaluation, no group, one rank) it is
+    BatchNorm. CUDA tensors run PyTorch's own SyncBatchNorm.
+    """
+
+    _numbanorm_origin = torch.nn.SyncBatchNorm
+
+    def forward(self, input):
+        need_sync = (self.training and torch.distributed.is_available() and torch.distributed.is_initialized()
+                     and torch.distributed.get_world_size(self.process_group) > 1)
+        if not need_sync or (isinstance(input, torch.Tensor) and input.device.type not in ("cpu", "meta")):
+            return super().forward(input)  # BatchNorm (or PyTorch's SyncBatchNorm for device tensors)
+        from .distributed import TorchCommunicator, sync_batch_norm
+
+        def check(_):
+            # Inside the exchange: every rank learns of a bad input on any rank.
+            self._check_input_dim(input)
+            reason = NF.unsupported_reason(input, self.weight, self.bias, self.running_mean, self.running_var)
+            if reason is not None:
+                raise TypeError(f"numbanorm.torch.SyncBatchNorm runs CPU float32/float64 tensors, got {reason}")
+
+        factor, bump = self._factor()
+        use_running = self.track_running_stats
+        y = sync_batch_norm(input, self.running_mean if use_running else None,
+                            self.running_var if use_running else None, self.weight, self.bias, factor, self.eps,
+                            TorchCommunicator(self.process_group), check)
+        if bump:
+            self.num_batches_tracked.add_(1)
+        return y
+
+
 #: Stock ``torch.nn`` class -> numbanorm class.
 MODULES = {cls._numbanorm_origin: cls for cls in (BatchNorm1d, BatchNorm2d, BatchNorm3d, InstanceNorm1d,
-                                                  InstanceNorm2d, InstanceNorm3d, LayerNorm, GroupNorm, RMSNorm)}
+                                                  InstanceNorm2d, InstanceNorm3d, LayerNorm, GroupNorm, RMSNorm,
+                                                  SyncBatchNorm)}

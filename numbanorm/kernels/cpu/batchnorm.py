@@ -26,7 +26,7 @@ from .moments import chan_merge, slice_moments
 from .params import param
 from .sums import slice_grad_sums
 
-__all__ = ["moments", "normalize", "grad_sums", "apply_dx", "forward_train", "backward"]
+__all__ = ["moments", "normalize", "grad_sums", "apply_dx", "forward_train", "backward", "dweight"]
 
 
 def _channels(layout, x3):
@@ -170,4 +170,9 @@ def backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats):
     s_dy, s_dyx = np.empty(c), np.empty(c)
     channels_backward(x3.size, x3, dy3, dx3, np.ascontiguousarray(mean), np.ascontiguousarray(rstd),
                       param(weight, c, 1.0, x3.dtype), bool(use_input_stats), s_dy, s_dyx)
-    return s_dyx * rstd, s_dy
+    return dweight(s_dyx, rstd), s_dy
+
+
+def dweight(s_dyx, rstd):
+    """float64 ``dweight = rstd * sum(dy * (x - mean))`` per channel."""
+    return s_dyx * rstd

@@ -10,7 +10,7 @@ sums) are exposed before they are finished, for SyncBatchNorm.
 from . import channels
 from .moments import channel_moments, finish
 
-__all__ = ["moments", "normalize", "grad_sums", "apply_dx", "forward_train", "backward"]
+__all__ = ["moments", "normalize", "grad_sums", "apply_dx", "forward_train", "backward", "dweight"]
 
 
 def moments(layout, x3):
@@ -63,3 +63,9 @@ def backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats):
     s_dy, s_dyx = grad_sums(layout, x3, dy3, mean)
     count = x3.size // x3.shape[1]
     return apply_dx(layout, x3, dy3, dx3, mean, rstd, weight, s_dy, s_dyx, count, use_input_stats), s_dy
+
+
+def dweight(s_dyx, rstd):
+    """float64 ``dweight = rstd * sum(dy * (x - mean))`` per channel, as a (C,) device array."""
+    c = s_dyx.shape[0]
+    return channels.param_grads(s_dyx.reshape(1, c), s_dyx.reshape(1, c), rstd.reshape(1, c), 1)[0]
