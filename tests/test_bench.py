@@ -738,3 +738,21 @@ def test_cli_entry_point(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "BatchNorm1d" in proc.stdout and "vs torch" in proc.stdout and "vs ort" in proc.stdout
     assert len(json.loads((tmp_path / "b.json").read_text())["rows"]) == 1
+
+
+def test_models_option_runs_the_model_benchmark(monkeypatch, tmp_path):
+    pytest.importorskip("torch")
+    from numbanorm.bench import cli
+    from numbanorm.torch import bench_models
+
+    calls = []
+    row = {"model": "m", "train_stock_ms": 2.0, "train_converted_ms": 1.0, "train_ratio": 2.0, "infer_stock_ms": 1.0,
+           "infer_converted_ms": 1.0, "infer_ratio": 1.0, "norm_share_stock": 0.25, "norm_share_converted": 0.1,
+           "threads": 3}
+    monkeypatch.setattr(bench_models, "run_models", lambda threads, **kw: calls.append((threads, kw)) or [row])
+    out = io.StringIO()
+    path = tmp_path / "models.json"
+    assert cli.main(["--models", "--threads", "3", "--repeat", "2", "--no-progress", "--json", str(path)], out=out) == 0
+    assert calls == [(3, {"repeat": 2, "quick": False, "progress": None})]
+    assert "train stock" in out.getvalue() and " 2.00 " in out.getvalue()
+    assert json.loads(path.read_text())["models"][0]["train_ratio"] == 2.0

@@ -67,6 +67,10 @@ def _parser():
                    "and ratios that are medians of per-repeat ratios; 'median' and 'min' "
                    "give ratios of medians or of minima")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--models", action="store_true",
+                   help="instead: train step and inference of real PyTorch models (transformers, diffusers, "
+                        "torch.nn), stock vs numbanorm.torch.convert, with the norm layers' share of the step "
+                        "(needs torch, transformers and diffusers)")
     # For the tests: tiny shapes of every family.
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -139,6 +143,26 @@ def _check_agreement(progress, label, row, dtype):
                            f"{value:.3g} (> {tol:g})")
 
 
+def _models(args, out):
+    """``--models``: :func:`numbanorm.torch.bench_models.run_models` at the bench's thread count."""
+    try:
+        from ..torch import bench_models
+    except ImportError as exc:
+        print(f"error: --models needs PyTorch ({exc})", file=sys.stderr)
+        return 2
+    threads = (args.threads or [2])[0]
+    rows = bench_models.run_models(threads, repeat=args.repeat or 7, quick=args.quick,
+                                   progress=None if args.no_progress else
+                                   (lambda name: print(f"... {name}", file=sys.stderr)))
+    print(bench_models.format_table(rows), file=out)
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"models": rows}, f, indent=1, default=str)
+    return 0
+
+
 def main(argv=None, *, cases=None, out=None):
     """Entry point of ``python -m numbanorm bench``.
 
@@ -159,6 +183,8 @@ def main(argv=None, *, cases=None, out=None):
     """
     args = _parser().parse_args(argv)
     out = sys.stdout if out is None else out
+    if args.models:
+        return _models(args, out)
     if args.plot:
         try:
             report.import_pyplot()
