@@ -69,10 +69,15 @@ SHIFT_RATIO_MAX = float(_env_int("NUMBANORM_SHIFT_RATIO_MAX", 1024))
 #: of at least this many elements: each chunk ends in a C-wide Chan merge or partial
 #: sum, which a chunk of a few rows would not amortize.
 COLUMN_BLOCK_ELEMENTS = _env_int("NUMBANORM_COLUMN_BLOCK_ELEMENTS", 32768)
+#: ... and of at least this many rows, however wide the rows are.
+COLUMN_MIN_ROWS = _env_int("NUMBANORM_COLUMN_MIN_ROWS", 64)
 #: BatchNorm on contiguous (N, C, S) input runs statistics and normalize (gradient sums
 #: and dx) in one pass per channel when a channel has at most this many bytes: it is read
 #: a second time from L2/L3 instead of memory (1 MiB L2 per core, 32 MiB L3 here).
 FUSED_CHANNEL_BYTES = _env_int("NUMBANORM_FUSED_CHANNEL_BYTES", 4 << 20)
+#: Planes (the S of an (N, C, S) view) shorter than this are reduced as one block per
+#: channel, not one block per plane: a merge per plane would cost as much as its values.
+SMALL_PLANE = _env_int("NUMBANORM_SMALL_PLANE", 256)
 #: Outputs, packed per-channel params and column accumulators start on this byte
 #: boundary (a cache line, and one AVX-512 vector): NumPy only guarantees 16.
 ALIGN_BYTES = _env_int("NUMBANORM_ALIGN_BYTES", 64)

@@ -125,6 +125,7 @@ def test_row_moments(shape):
 def test_column_moments(shape, monkeypatch):
     # small blocks and a low threshold exercise chunking, blocking and the parallel build
     monkeypatch.setattr(config, "COLUMN_BLOCK_ELEMENTS", 64)
+    monkeypatch.setattr(config, "COLUMN_MIN_ROWS", 1)
     monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 1000)
     rng = np.random.default_rng(4)
     x = (rng.standard_normal(shape) * 2 - 7).astype(np.float64)

@@ -7,6 +7,7 @@ import reference as ref
 
 from numbanorm import config
 from numbanorm import functional as F
+from numbanorm.distributed import LocalCommunicator
 
 
 @pytest.fixture(params=["serial", "parallel", "parallel-small-blocks"])
@@ -18,6 +19,7 @@ def path(request, monkeypatch):
     if request.param == "parallel-small-blocks":
         monkeypatch.setattr(config, "BLOCK_ELEMENTS", 16)
         monkeypatch.setattr(config, "COLUMN_BLOCK_ELEMENTS", 16)
+        monkeypatch.setattr(config, "COLUMN_MIN_ROWS", 1)
     return request.param
 
 
@@ -69,12 +71,15 @@ def test_instance_norm_paths(path, shape, layout):
 
 
 @pytest.mark.parametrize("shape,layout", CASES)
-def test_batch_norm_paths(path, shape, layout):
+@pytest.mark.parametrize("small_plane", [1, 256], ids=["planes", "small-planes-as-columns"])
+@pytest.mark.parametrize("comm", [None, LocalCommunicator()], ids=["fused", "split"])
+def test_batch_norm_paths(path, shape, layout, small_plane, comm, monkeypatch):
+    monkeypatch.setattr(config, "SMALL_PLANE", small_plane)
     x, dy, w, b = _data(shape, layout, seed=2)
-    y, mean, invstd = F.batch_norm(x, None, None, w, b, training=True, return_stats=True)
+    y, mean, invstd = F.batch_norm(x, None, None, w, b, training=True, return_stats=True, comm=comm)
     ry, rmean, rinvstd, _, _ = ref.batch_norm(x, None, None, w, b, training=True)
     _close(y, ry)
-    dx, dw, db = F.batch_norm_backward(dy, x, mean, invstd, w, b)
+    dx, dw, db = F.batch_norm_backward(dy, x, mean, invstd, w, b, comm=comm)
     for got, exp in zip((dx, dw, db), ref.batch_norm_backward(dy, x, rmean, rinvstd, w, b), strict=True):
         _close(got, exp)
     y_eval = F.batch_norm(x, mean, 1 / invstd ** 2 - 1e-5, w, b)

@@ -11,6 +11,11 @@ in one pass per channel on contiguous (N, C, S) input: a channel's N planes are 
 for its statistics and read again for its output while they are still in cache, so x
 comes from memory once (the two-pass path reads it twice). Same arithmetic in the same
 order as the split drivers.
+
+Small planes (S under ``config.SMALL_PLANE``: a ResNet's 7x7 and 4x4 stages) would make
+every pass a loop of short rows, each too short to vectorize and ending in a merge: such
+input runs as a channels-last problem instead, the (N, C*S) rows read whole with one
+lane per (channel, position) column, and each channel's S columns merged at the end.
 """
 
 import numba
@@ -22,7 +27,7 @@ from ._jit import cast_like, kernel
 from .channels import apply_dx_packed, channel_moments, normalize_packed
 from .channels import grad_sums as _grad_sums
 from .elementwise import dx_slice, normalize_slice, pack_channel_dx, pack_stats
-from .moments import chan_merge, slice_moments
+from .moments import chan_merge, merge, slice_moments
 from .params import param
 from .sums import slice_grad_sums
 
@@ -33,9 +38,29 @@ def _channels(layout, x3):
     return x3.shape[1] if layout == "cf" else x3.shape[2]
 
 
+def _wide(layout, x3):
+    """Contiguous (N, C, S) input with small planes as ``("cl", (N, 1, C*S))``, and S; else (None, 1)."""
+    if layout == "cf" and 1 < x3.shape[2] < config.SMALL_PLANE:
+        n, c, s = x3.shape
+        return x3.reshape(n, 1, c * s), s
+    return None, 1
+
+
+def _columns(values, s):
+    """Per-channel packed rows (K, 1, C) repeated for the S columns of each channel: (K, 1, C*S)."""
+    return values if s == 1 else np.repeat(values, s, axis=2)
+
+
 def moments(layout, x3):
     """Per-channel float64 ``(count, mean (C,), M2 (C,))`` over samples and positions."""
-    return channel_moments(layout, x3)
+    wide, s = _wide(layout, x3)
+    if wide is None:
+        return channel_moments(layout, x3)
+    count, mean, m2 = channel_moments("cl", wide)
+    c = x3.shape[1]
+    # Each column holds N values: merge a channel's S columns with Chan.
+    total, mean, m2 = merge(np.full((c, s), count), mean.reshape(c, s), m2.reshape(c, s))
+    return total[0], mean, m2
 
 
 def normalize(layout, x3, y3, mean, m2, count, weight, bias, eps):
@@ -50,14 +75,23 @@ def normalize(layout, x3, y3, mean, m2, count, weight, bias, eps):
     rstd = np.empty(channels)
     pack_stats(mean, m2, float(count), eps, param(weight, channels, 1.0, x3.dtype),
                param(bias, channels, 0.0, x3.dtype), q, var, rstd)
-    normalize_packed(layout, x3, y3, q)
+    wide, s = _wide(layout, x3)
+    if wide is None:
+        normalize_packed(layout, x3, y3, q)
+    else:
+        normalize_packed("cl", wide, y3.reshape(wide.shape), _columns(q, s))
     return var, rstd
 
 
 def grad_sums(layout, x3, dy3, mean):
     """Per-channel float64 ``(sum(dy), sum(dy * (x - mean)))``."""
-    s_dy, s_dyx = _grad_sums(layout, x3, dy3, mean)
-    return s_dy[0], s_dyx[0]
+    wide, s = _wide(layout, x3)
+    if wide is None:
+        s_dy, s_dyx = _grad_sums(layout, x3, dy3, mean)
+        return s_dy[0], s_dyx[0]
+    c = x3.shape[1]
+    s_dy, s_dyx = _grad_sums("cl", wide, dy3.reshape(wide.shape), np.repeat(mean, s))
+    return s_dy.reshape(c, s).sum(axis=1), s_dyx.reshape(c, s).sum(axis=1)
 
 
 def apply_dx(layout, x3, dy3, dx3, mean, rstd, weight, s_dy, s_dyx, count, use_input_stats):
@@ -69,11 +103,15 @@ def apply_dx(layout, x3, dy3, dx3, mean, rstd, weight, s_dy, s_dyx, count, use_i
     """
     channels = mean.size
     q = _memory.empty((5, 1, channels), work=x3.size)
-    dweight = np.empty(channels)
+    dw = np.empty(channels)
     pack_channel_dx(mean, rstd, param(weight, channels, 1.0, x3.dtype), s_dy, s_dyx, float(count),
-                    bool(use_input_stats), q, dweight)
-    apply_dx_packed(layout, x3, dy3, dx3, q)
-    return dweight
+                    bool(use_input_stats), q, dw)
+    wide, s = _wide(layout, x3)
+    if wide is None:
+        apply_dx_packed(layout, x3, dy3, dx3, q)
+    else:
+        apply_dx_packed("cl", wide, dy3.reshape(wide.shape), dx3.reshape(wide.shape), _columns(q, s))
+    return dw
 
 
 @kernel
@@ -133,9 +171,9 @@ def channels_backward(x3, dy3, dx3, mean, rstd, weight, use_input_stats, s_dy, s
 
 
 def _fused(layout, x3):
-    """One pass per channel: contiguous input, a channel that stays in cache between its
-    two reads, and enough channels to keep every thread busy."""
-    if layout != "cf":
+    """One pass per channel: contiguous input of planes that are not small, a channel that
+    stays in cache between its two reads, and enough channels to keep every thread busy."""
+    if layout != "cf" or _wide(layout, x3)[0] is not None:
         return False
     n, c, s = x3.shape
     threads = numba.get_num_threads() if config.PARALLEL and x3.size >= config.PARALLEL_MIN_ELEMENTS else 1

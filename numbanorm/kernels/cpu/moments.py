@@ -293,13 +293,15 @@ def merge_partials(counts, mean, m2, out_count, out_mean, out_m2):
 def _plan_chunks(planes, rows, cols):
     """(rows per chunk, chunks per plane) for column passes over (planes, rows, cols).
 
-    A chunk holds at least ``config.COLUMN_BLOCK_ELEMENTS`` values: each one ends in a
-    (C,)-wide merge or partial sum, which a chunk of too few rows would not amortize.
+    A chunk holds at least ``config.COLUMN_BLOCK_ELEMENTS`` values and
+    ``config.COLUMN_MIN_ROWS`` rows: each one ends in a (C,)-wide merge or partial sum
+    (a Chan merge costs a division per column), which a chunk of few rows would not
+    amortize, however wide.
     """
-    if planes * rows * cols < config.PARALLEL_MIN_ELEMENTS:
+    if not config.PARALLEL or planes * rows * cols < config.PARALLEL_MIN_ELEMENTS:
         # The serial build runs it: one chunk per plane, nothing to merge.
         return max(rows, 1), 1
-    min_rows = max(1, config.COLUMN_BLOCK_ELEMENTS // max(cols, 1))
+    min_rows = max(1, config.COLUMN_MIN_ROWS, config.COLUMN_BLOCK_ELEMENTS // max(cols, 1))
     items = numba.get_num_threads() * config.CHUNKS_PER_THREAD
     want = -(-items // planes)
     nchunks = max(1, min(want, -(-rows // min_rows)))
