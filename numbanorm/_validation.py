@@ -54,6 +54,8 @@ def check_float_array(x, name="input"):
 
 
 def _check_same_device(a, name, x):
+    if type(a) is np.ndarray and type(x) is np.ndarray:  # the common case, checked cheaply
+        return
     if is_cuda_array(a) != is_cuda_array(x) or not (isinstance(a, np.ndarray) or is_cuda_array(a)):
         raise TypeError(f"{name} must be {_where(x)} like the input, got {type(a).__name__}"
                         + (" (move parameters with layer.to('cuda') or numba.cuda.to_device)"
@@ -65,6 +67,8 @@ def check_param(p, name, shape, x):
     floats on the device of ``x``."""
     if p is None:
         return None
+    if type(p) is np.ndarray and type(x) is np.ndarray and p.shape == shape and p.dtype.char in "fd":
+        return p  # the common case, checked cheaply
     _check_same_device(p, name, x)
     if p.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {p.dtype}")

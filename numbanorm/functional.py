@@ -52,12 +52,16 @@ __all__ = [
 
 #: The context of a call without a communicator (:class:`Exchange` with one).
 _LOCAL = contextlib.nullcontext()
+#: The CPU backend, which NumPy arrays select (looked up once).
+_CPU = backend(np.empty(0))
 
 
 # -- validation shared by the families -----------------------------------------------------
 
 def _input(x, name="input"):
     """``(backend, x)``: x as its backend's array type, checked to be a float array."""
+    if type(x) is np.ndarray and x.dtype.char in "fd":  # the common case, checked cheaply
+        return _CPU, x
     be = backend(x)
     if be is not None:
         x = be.arrays.asarray(x)
@@ -74,13 +78,16 @@ def _channels_input(x, min_ndim, name="input"):
 
 
 def _params(be, x, shape, **arrays):
-    """Check optional parameters/buffers of ``shape`` on x's device; return them in order."""
-    out = []
-    for name, p in arrays.items():
-        if p is not None and be is not None:
-            p = be.arrays.asarray(p) if not isinstance(p, np.ndarray) else p
-        out.append(v.check_param(p, name, shape, x))
-    return out
+    """Check optional parameters/buffers of ``shape`` (a tuple) on x's device; return them in order."""
+    return [_param(be, x, shape, name, p) for name, p in arrays.items()]
+
+
+def _param(be, x, shape, name, p):
+    if p is None:
+        return None
+    if type(p) is not np.ndarray and be is not None:
+        p = be.arrays.asarray(p)
+    return v.check_param(p, name, shape, x)
 
 
 def _running_pair(running_mean, running_var):
@@ -198,19 +205,19 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     elif x.size == 0:
         return _empty_forward(be, x, out, (c,), return_stats)
 
-    y = be.layout.Output(layout, x3, x, out)
+    y3, y, pending = be.layout.output(layout, x3, x, out)
     bn = be.batchnorm
     if use_input_stats:
         if exchange is not None:
-            var, rstd = bn.normalize(layout, x3, y.view, mean, m2, count, weight, bias, eps)
+            var, rstd = bn.normalize(layout, x3, y3, mean, m2, count, weight, bias, eps)
         else:
-            count, mean, _, var, rstd = bn.forward_train(layout, x3, y.view, weight, bias, eps)
+            count, mean, _, var, rstd = bn.forward_train(layout, x3, y3, weight, bias, eps)
         if training and running_mean is not None:
             _update_running(be, running_mean, running_var, mean, var, momentum, count)
     else:
-        _, rstd = bn.normalize(layout, x3, y.view, running_mean, running_var, 1.0, weight, bias, eps)
+        _, rstd = bn.normalize(layout, x3, y3, running_mean, running_var, 1.0, weight, bias, eps)
         mean = be.arrays.astype(running_mean, np.float64)
-    y = y.result()
+    y = be.layout.finish(y, pending)
     return (y, mean, rstd) if return_stats else y
 
 
@@ -277,20 +284,20 @@ def batch_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_sta
             else:
                 db = s_dyx = be.arrays.full(c, 0.0)
             exchange.share((np.array([float(count)]), be.arrays.to_host(db), be.arrays.to_host(s_dyx)))
-    dx = be.layout.Output(layout, x3, x)
+    dx3, dx, pending = be.layout.output(layout, x3, x)
     if exchange is not None:
         local = db, s_dyx
         total, db, s_dyx = sum_parts(exchange.parts, "batch_norm_backward")
         db, s_dyx = be.arrays.from_host(db), be.arrays.from_host(s_dyx)
-        dw = be.batchnorm.apply_dx(layout, x3, dy3, dx.view, mean, rstd, weight, db, s_dyx, float(total[0]),
+        dw = be.batchnorm.apply_dx(layout, x3, dy3, dx3, mean, rstd, weight, db, s_dyx, float(total[0]),
                                    bool(use_input_stats))
         if local_param_grads:
             db, dw = local[0], be.batchnorm.dweight(local[1], rstd)
     elif x.size:
-        dw, db = be.batchnorm.backward(layout, x3, dy3, dx.view, mean, rstd, weight, bool(use_input_stats))
+        dw, db = be.batchnorm.backward(layout, x3, dy3, dx3, mean, rstd, weight, bool(use_input_stats))
     else:
         dw = db = be.arrays.full(c, 0.0)
-    return dx.result(), _grad(be, dw, x, weight), _grad(be, db, x, bias)
+    return be.layout.finish(dx, pending), _grad(be, dw, x, weight), _grad(be, db, x, bias)
 
 
 # -- LayerNorm and RMSNorm ---------------------------------------------------------------
@@ -319,7 +326,8 @@ def normalized_shape_tuple(normalized_shape):
 def _rows_input(x, normalized_shape, name="input"):
     """Check x against normalized_shape; return (backend, x, shape, stat_shape)."""
     be, x = _input(x, name)
-    shape = normalized_shape_tuple(normalized_shape)
+    shape = (normalized_shape,) if type(normalized_shape) is int and normalized_shape > 0 else \
+        normalized_shape_tuple(normalized_shape)
     k = len(shape)
     if x.ndim < k or tuple(x.shape[x.ndim - k:]) != shape:
         raise ValueError(f"expected {name} with trailing dimensions {list(shape)} (normalized_shape), "
@@ -329,15 +337,16 @@ def _rows_input(x, normalized_shape, name="input"):
 
 def _rows_forward(x, normalized_shape, weight, bias, eps, out, center):
     be, x, shape, stat_shape = _rows_input(x, normalized_shape)
-    weight, bias = _params(be, x, shape, weight=weight, bias=bias)
+    weight = _param(be, x, shape, "weight", weight)
+    bias = _param(be, x, shape, "bias", bias)
     eps = v.check_eps(float(np.finfo(x.dtype).eps) if eps is None and not center else eps)
     v.check_out(out, x)
     layout, x2 = be.layout.rows_view(x, math.prod(shape))
-    y = be.layout.Output(layout, x2, x, out)
-    mean, rstd = be.layernorm.forward(x2, y.view, weight, bias, eps, center)
+    y3, y, pending = be.layout.output(layout, x2, x, out)
+    mean, rstd = be.layernorm.forward(x2, y3, weight, bias, eps, center)
     if len(stat_shape) != 1:
         mean, rstd = mean.reshape(stat_shape), rstd.reshape(stat_shape)
-    return y.result(), (mean if center else None), rstd
+    return be.layout.finish(y, pending), (mean if center else None), rstd
 
 
 def _rows_backward(dy, x, normalized_shape, mean, rstd, weight, bias, center):
@@ -345,14 +354,16 @@ def _rows_backward(dy, x, normalized_shape, mean, rstd, weight, bias, center):
     v.check_dy(dy, x)
     rstd = _stats(be, x, rstd, "rstd", stat_shape)
     mean = _stats(be, x, mean, "mean", stat_shape) if center else None
-    weight, bias = _params(be, x, shape, weight=weight, bias=bias)
+    weight = _param(be, x, shape, "weight", weight)
+    bias = _param(be, x, shape, "bias", bias)
     layout, x2 = be.layout.rows_view(x, math.prod(shape))
     rows = x2.shape[0]
     dy2 = be.layout.like_view(layout, x2, be.arrays.asarray(dy))
-    dx = be.layout.Output(layout, x2, x)
+    dx3, dx, pending = be.layout.output(layout, x2, x)
     mean = be.arrays.full(rows, 0.0) if mean is None else mean.reshape(rows)
-    dw, db = be.layernorm.backward(x2, dy2, dx.view, mean, rstd.reshape(rows), weight, center)
-    return dx.result(), _grad(be, dw.reshape(shape), x, weight), _grad(be, db.reshape(shape), x, bias)
+    dw, db = be.layernorm.backward(x2, dy2, dx3, mean, rstd.reshape(rows), weight, center)
+    dx = be.layout.finish(dx, pending)
+    return dx, _grad(be, dw.reshape(shape), x, weight), _grad(be, db.reshape(shape), x, bias)
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
@@ -448,14 +459,14 @@ def check_groups(num_groups, channels):
 def _per_sample_backward(family_backward, be, dy, x, mean, rstd, weight, bias, use_input_stats):
     """dx, dweight, dbias of GroupNorm and InstanceNorm from checked (N, P) statistics."""
     layout, x3 = be.layout.channel_view(x, rows_2d=True)
-    dx = be.layout.Output(layout, x3, x)
+    dx3, dx, pending = be.layout.output(layout, x3, x)
     c = x.shape[1]
     if x.size == 0:
         dw = db = be.arrays.full(c, 0.0)
     else:
         dy3 = be.layout.like_view(layout, x3, be.arrays.asarray(dy))
-        dw, db = family_backward(layout, x3, dy3, dx.view, mean, rstd, weight, bool(use_input_stats))
-    return dx.result(), _grad(be, dw, x, weight), _grad(be, db, x, bias)
+        dw, db = family_backward(layout, x3, dy3, dx3, mean, rstd, weight, bool(use_input_stats))
+    return be.layout.finish(dx, pending), _grad(be, dw, x, weight), _grad(be, db, x, bias)
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
@@ -485,9 +496,9 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None, ret
     if x.size == 0:
         return _empty_forward(be, x, out, (x.shape[0], groups), return_stats)
     layout, x3 = be.layout.channel_view(x, rows_2d=True)
-    y = be.layout.Output(layout, x3, x, out)
-    _, mean, _, rstd = be.groupnorm.forward(layout, x3, y.view, groups, weight, bias, eps)
-    y = y.result()
+    y3, y, pending = be.layout.output(layout, x3, x, out)
+    _, mean, _, rstd = be.groupnorm.forward(layout, x3, y3, groups, weight, bias, eps)
+    y = be.layout.finish(y, pending)
     return (y, mean, rstd) if return_stats else y
 
 
@@ -547,16 +558,16 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     if x.size == 0:
         return _empty_forward(be, x, out, (n, c), return_stats)
     layout, x3 = be.layout.channel_view(x)
-    y = be.layout.Output(layout, x3, x, out)
+    y3, y, pending = be.layout.output(layout, x3, x, out)
     if use_input_stats:
-        count, mean, var, rstd = be.instancenorm.forward(layout, x3, y.view, weight, bias, eps)
+        count, mean, var, rstd = be.instancenorm.forward(layout, x3, y3, weight, bias, eps)
         if running_mean is not None:
             _update_running(be, running_mean, running_var, mean, var, momentum, count)
     else:
         # Running statistics are per channel: BatchNorm's evaluation pass.
-        _, rstd = be.batchnorm.normalize(layout, x3, y.view, running_mean, running_var, 1.0, weight, bias, eps)
+        _, rstd = be.batchnorm.normalize(layout, x3, y3, running_mean, running_var, 1.0, weight, bias, eps)
         mean, rstd = be.arrays.repeat_rows(running_mean, n), be.arrays.repeat_rows(rstd, n)
-    y = y.result()
+    y = be.layout.finish(y, pending)
     return (y, mean, rstd) if return_stats else y
 
 

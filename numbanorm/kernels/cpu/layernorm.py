@@ -73,7 +73,7 @@ def backward(x2, dy2, dx2, mean, rstd, weight, center):
     n_rows, width = x2.shape
     if n_rows == 0:
         return np.zeros(width), np.zeros(width)
-    w = param(weight, width, 1.0, x2.dtype, x2.size)
+    w = param(weight, width, 1.0, np.float64, x2.size)  # float64: the dx bracket runs in float64
     items = numba.get_num_threads() if x2.size >= config.PARALLEL_MIN_ELEMENTS else 1
     rows_per_chunk = -(-n_rows // max(1, min(items, n_rows)))
     nchunks = -(-n_rows // rows_per_chunk)
@@ -81,4 +81,6 @@ def backward(x2, dy2, dx2, mean, rstd, weight, center):
     dbias = _memory.empty((nchunks, width), work=x2.size)
     rows_backward(x2.size, x2, dy2, dx2, w, np.ascontiguousarray(mean), np.ascontiguousarray(rstd), bool(center),
                   rows_per_chunk, dweight, dbias)
+    if nchunks == 1:
+        return dweight[0], dbias[0]
     return dweight.sum(axis=0), dbias.sum(axis=0)

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from ... import _memory
+from ... import _memory, config
 
 __all__ = ["param"]
 
@@ -27,6 +27,9 @@ def param(p, size, fill, dtype=np.float64, work=None):
     ``work`` is the number of elements of the pass that reads it: a large pass gets a
     ``config.ALIGN_BYTES``-aligned array (a copy only when ``p`` is not already one).
     """
+    if p is not None and p.dtype == dtype and p.ndim == 1 and p.flags.c_contiguous and (
+            work is None or work < config.ALIGN_MIN_ELEMENTS):
+        return p  # the common case, checked cheaply
     dtype = np.dtype(dtype)
     if p is None:
         return _constant(int(size), float(fill), dtype)
