@@ -100,7 +100,7 @@ def _stats(be, x, arr, name, shape):
     if arr is not None and not isinstance(arr, np.ndarray):
         arr = be.arrays.asarray(arr)
     arr = v.check_stats(arr, name, shape, x)
-    return be.arrays.astype(arr, np.float64, copy=False)
+    return arr if arr.dtype == np.float64 else be.arrays.astype(arr, np.float64, copy=False)
 
 
 def _empty_forward(be, x, out, stat_shape, return_stats, mean=True):
