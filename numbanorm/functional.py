@@ -109,6 +109,8 @@ def _like(be, layout, x3, arr, dtype):
 
 def _epilogue_grad(be, x, y, activation, residual):
     """The backward's epilogue options, checked: ``(relu, y as a backend array or None, residual)``."""
+    if activation is None and residual is False:  # no epilogue: the common call, checked first
+        return False, None, False
     relu = v.check_activation(activation)
     if not isinstance(residual, (bool, np.bool_)):
         raise TypeError(f"residual must be True or False (whether the forward added one), got {residual!r}")
@@ -563,7 +565,6 @@ def _per_sample_backward(family_backward, be, dy, x, mean, rstd, weight, bias, u
                                  _like(be, layout, x3, y, x.dtype), None if dres is None else dres.view)
     grads = (dx.result(), _grad(be, dw, x, weight), _grad(be, db, x, bias))
     return _with_residual_grad(grads, residual, dres, dy)
-
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False, residual=None,

@@ -26,7 +26,15 @@ from ... import _memory, config
 from ._jit import cast_like, kernel
 from .channels import apply_dx_packed, channel_moments, normalize_packed
 from .channels import grad_sums as _grad_sums
-from .elementwise import dx_slice, dx_slice_inplace, epilogue_slice, normalize_slice, pack_channel_dx, pack_stats
+from .elementwise import (
+    dx_slice,
+    dx_slice_inplace,
+    epilogue_flag,
+    epilogue_slice,
+    normalize_slice,
+    pack_channel_dx,
+    pack_stats,
+)
 from .moments import chan_merge, slice_moments
 from .params import param
 from .sums import slice_grad_sums, slice_grad_sums_relu
@@ -93,12 +101,11 @@ def channels_forward(x3, y3, weight, bias, eps, block, max_ratio, mean, m2, var,
 
     Per channel: the moments of its N planes, Chan-merged in plane order (as
     :func:`channel_moments` merges them), then the planes normalized with
-    ``(x - hi) * scale + shift'`` while they are in cache, with the epilogue (``+ r3``
-    unless None, ReLU with ``relu``) in the same write. ``weight``/``bias`` are (C,)
+    ``(x - hi) * scale + shift'`` while they are in cache, with the epilogue (``relu`` not
+    None: ``+ r3`` unless None, then ReLU when ``relu``) in the same write. ``weight``/``bias`` are (C,)
     in x's dtype; float64 ``mean``, ``m2``, ``var``, ``rstd`` (C,) are filled.
     """
     n_samples, n_channels, _ = x3.shape
-    plain = r3 is None and not relu
     for c in prange(n_channels):
         count, mu, q = 0.0, 0.0, 0.0
         for n in range(n_samples):
@@ -115,7 +122,7 @@ def channels_forward(x3, y3, weight, bias, eps, block, max_ratio, mean, m2, var,
         scale_x = cast_like(scale, x3)
         shift_x = cast_like(np.float64(bias[c]) - (mu - hi) * scale, x3)
         for n in range(n_samples):
-            if plain:
+            if relu is None:
                 normalize_slice(x3[n, c], y3[n, c], hi, scale_x, shift_x)
             elif r3 is None:
                 epilogue_slice(x3[n, c], None, y3[n, c], hi, scale_x, shift_x, relu)
@@ -185,7 +192,8 @@ def forward_train(layout, x3, y3, weight, bias, eps, residual=None, relu=False):
     n, c, s = x3.shape
     mean, m2, var, rstd = (np.empty(c) for _ in range(4))
     channels_forward(x3.size, x3, y3, param(weight, c, 1.0, x3.dtype), param(bias, c, 0.0, x3.dtype), eps,
-                     config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, mean, m2, var, rstd, residual, bool(relu))
+                     config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, mean, m2, var, rstd, residual,
+                     epilogue_flag(residual, relu))
     return float(n * s), mean, m2, var, rstd
 
 
@@ -197,10 +205,11 @@ def backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats, y3=None,
     to ``g3`` (the residual's gradient; ``dx3`` when None) by the sums' read and read back by dx's.
     """
     if not _fused(layout, x3):
-        g = dx3 if g3 is None else g3
-        s_dy, s_dyx = grad_sums(layout, x3, dy3, mean, y3, g)
+        if y3 is not None:
+            g3 = dx3 if g3 is None else g3
+        s_dy, s_dyx = grad_sums(layout, x3, dy3, mean, y3, g3)
         count = x3.size // _channels(layout, x3)
-        return apply_dx(layout, x3, dy3 if y3 is None else g, dx3, mean, rstd, weight, s_dy, s_dyx, count,
+        return apply_dx(layout, x3, dy3 if y3 is None else g3, dx3, mean, rstd, weight, s_dy, s_dyx, count,
                         use_input_stats), s_dy
     c = x3.shape[1]
     s_dy, s_dyx = np.empty(c), np.empty(c)

@@ -22,7 +22,16 @@ then reads that gradient (in place when ``g3`` is the dx buffer).
 import numpy as np
 
 from ... import _memory
-from .elementwise import dx_planes, dx_rows, normalize_planes, normalize_rows, pack_affine, pack_dx, update_running
+from .elementwise import (
+    dx_planes,
+    dx_rows,
+    epilogue_flag,
+    normalize_planes,
+    normalize_rows,
+    pack_affine,
+    pack_dx,
+    update_running,
+)
 from .moments import _plan_chunks, column_moments, merge, row_moments
 from .params import param
 from .sums import column_grad_sums, row_grad_sums
@@ -37,12 +46,6 @@ __all__ = [
     "apply_dx_packed",
     "update_running_stats",
 ]
-
-
-def same_array(a, b):
-    """Whether two arrays are views of the same memory with the same shape and strides."""
-    return a is b or (a.shape == b.shape and a.strides == b.strides
-                      and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def _rows2(mean):
@@ -98,7 +101,7 @@ def _plane_or_none(a, per_sample):
 def normalize_packed(layout, x3, y3, q, residual=None, relu=False):
     """``y = (x - q[0]) * q[1] + q[2]`` with packed (3, P, C) params in x's dtype; then
     ``+ residual`` (a view like x3) and ReLU when given, in the same write."""
-    relu = bool(relu)
+    relu = epilogue_flag(residual, relu)
     if layout == "cf":
         normalize_rows(x3.size, x3, y3, q, residual, relu)
         return
@@ -117,8 +120,10 @@ def grad_sums(layout, x3, dy3, mean, y3=None, g3=None):
     mean = _rows2(mean)
     per_sample = mean.shape[0] > 1
     if layout == "cl":
-        return column_grad_sums(_planes(x3, per_sample), _planes(dy3, per_sample), mean,
-                                _plane_or_none(y3, per_sample), _plane_or_none(g3, per_sample))
+        if y3 is None:
+            return column_grad_sums(_planes(x3, per_sample), _planes(dy3, per_sample), mean)
+        return column_grad_sums(_planes(x3, per_sample), _planes(dy3, per_sample), mean, _planes(y3, per_sample),
+                                _planes(g3, per_sample))
     n, c, s = x3.shape
     row_mean = mean.reshape(n * c) if per_sample else np.tile(mean[0], n)
     y2 = None if y3 is None else y3.reshape(n * c, s)
@@ -132,7 +137,7 @@ def grad_sums(layout, x3, dy3, mean, y3=None, g3=None):
 
 def apply_dx(layout, x3, dy3, dx3, m, a, b, c, s):
     """``dx = s * ((a * dy - b) - (x - m) * c)`` with float64 (C,) or (N, C) coefficients
-    (``dy3`` may be ``dx3`` itself: in place)."""
+    (``dy3`` may be the ``dx3`` object itself: in place)."""
     m = _rows2(m)
     q = _memory.empty((5,) + m.shape, work=x3.size)
     pack_dx(m, *(np.broadcast_to(_rows2(v), m.shape) for v in (a, b, c, s)), q)
@@ -142,9 +147,10 @@ def apply_dx(layout, x3, dy3, dx3, m, a, b, c, s):
 def apply_dx_packed(layout, x3, dy3, dx3, q):
     """``dx = q[4] * ((q[1] * dy - q[2]) - (x - q[0]) * q[3])`` with float64 (5, P, C) coefficients.
 
-    ``dy3`` may be ``dx3`` itself (ReLU's masked gradient written there): the in-place loops run.
+    ``dy3`` may be ``dx3`` itself (the same array object: ReLU's masked gradient written there):
+    the in-place loops run.
     """
-    if same_array(dy3, dx3):
+    if dy3 is dx3:
         dy3 = None
     if layout == "cf":
         dx_rows(x3.size, x3, dy3, dx3, q)

@@ -54,6 +54,7 @@ __all__ = [
     "update_running",
     "pack_dx",
     "pack_channel_dx",
+    "epilogue_flag",
     "normalize_rows",
     "dx_rows",
     "normalize_planes",
@@ -199,21 +200,30 @@ def update_running(running_mean, running_var, mean, var, momentum, unbias):
         running_var[c] = (1.0 - momentum) * np.float64(running_var[c]) + momentum * (s_var / planes * unbias)
 
 
+def epilogue_flag(residual, relu):
+    """The kernels' ``relu`` argument: None without an epilogue, else whether ReLU follows the add.
+
+    None is a type of its own to Numba, so a kernel's ``relu is None`` branch is resolved when
+    it is compiled: the build without an epilogue holds the plain loops alone, as before the
+    epilogue existed.
+    """
+    return None if residual is None and not relu else bool(relu)
+
+
 @kernel
 def normalize_rows(x3, y3, q, r3, relu):
     """Channels-first pass: each (n, c) row of a (N, C, S) array, params ``q`` (3, P, C), P in {1, N}.
 
-    The epilogue: ``r3`` (like ``x3``, or None) added and ReLU applied (``relu``) as each
-    value is written; with neither, the plain loop runs.
+    The epilogue (``relu`` not None, see :func:`epilogue_flag`): ``r3`` (like ``x3``, or None)
+    added and ReLU applied when ``relu``, as each value is written.
     """
     n_samples, n_channels, _ = x3.shape
     per_sample = q.shape[1] > 1
-    plain = r3 is None and not relu
     for r in prange(n_samples * n_channels):
         n = r // n_channels
         c = r - n * n_channels
         p = n if per_sample else 0
-        if plain:
+        if relu is None:
             normalize_slice(x3[n, c], y3[n, c], q[0, p, c], q[1, p, c], q[2, p, c])
         elif r3 is None:
             epilogue_slice(x3[n, c], None, y3[n, c], q[0, p, c], q[1, p, c], q[2, p, c], relu)
@@ -224,16 +234,15 @@ def normalize_rows(x3, y3, q, r3, relu):
 @kernel
 def normalize_planes(x3, y3, q, rows_per_chunk, nchunks, r3, relu):
     """Channels-last pass over (B, R, C) arrays, plane b with params ``q[:, b]`` (or ``q[:, 0]``);
-    the epilogue as in :func:`normalize_rows`."""
+    the epilogue (``r3``, ``relu``) as in :func:`normalize_rows`."""
     n_planes, n_rows, _ = x3.shape
     per_plane = q.shape[1] > 1
-    plain = r3 is None and not relu
     for item in prange(n_planes * nchunks):
         b = item // nchunks
         lo = (item - b * nchunks) * rows_per_chunk
         hi = min(lo + rows_per_chunk, n_rows)
         p = b if per_plane else 0
-        if plain:
+        if relu is None:
             normalize_cols(x3[b, lo:hi], y3[b, lo:hi], q[0, p], q[1, p], q[2, p])
         elif r3 is None:
             epilogue_cols(x3[b, lo:hi], None, y3[b, lo:hi], q[0, p], q[1, p], q[2, p], relu)

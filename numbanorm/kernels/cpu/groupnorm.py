@@ -31,6 +31,7 @@ from .elementwise import (
     dx_slice_affine_inplace,
     dx_slice_inplace,
     epilogue_cols,
+    epilogue_flag,
     epilogue_slice,
     epilogue_slice_affine,
     normalize_cols,
@@ -65,12 +66,12 @@ def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_
     """Fused GroupNorm of contiguous (N*G, C/G*S) blocks: moments, then each channel's segment.
 
     ``weight`` and ``bias`` are float64 (C,), ``weight_x`` and ``bias_x`` their x-dtype copies.
-    The epilogue (``+ r2`` unless None, ReLU with ``relu``) is applied as y is written.
+    The epilogue (``relu`` not None: ``+ r2`` unless None, then ReLU when ``relu``) is applied
+    as y is written.
     """
     n_blocks, width = x2.shape
     per_group = width // seg
     groups = weight.size // per_group
-    plain = r2 is None and not relu
     for r in prange(n_blocks):
         xr = x2[r]
         yr = y2[r]
@@ -88,7 +89,7 @@ def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_
             b = bias_x[first:first + per_group]
             inv_x = cast_like(inv, xr)
             shift_x = cast_like(-lo_part * inv, xr)
-            if plain:
+            if relu is None:
                 normalize_slice_affine(xr, yr, hi, inv_x, shift_x, w, b)
             elif r2 is None:
                 epilogue_slice_affine(xr, None, yr, hi, inv_x, shift_x, w, b, relu)
@@ -100,7 +101,7 @@ def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_
             lo = j * seg
             scale_x = cast_like(scale, xr)
             shift_x = cast_like(bias[first + j] - lo_part * scale, xr)
-            if plain:
+            if relu is None:
                 normalize_slice(xr[lo:lo + seg], yr[lo:lo + seg], hi, scale_x, shift_x)
             elif r2 is None:
                 epilogue_slice(xr[lo:lo + seg], None, yr[lo:lo + seg], hi, scale_x, shift_x, relu)
@@ -207,12 +208,11 @@ def planes_forward(x3, y3, groups, weight, bias, eps, planes_per_item, mean, var
 
     Per plane: column moments (lane-wise Welford), Chan-merged over each group's
     channels, then plane n is normalized with per-channel (hi, scale, shift)
-    rows ``params[:, n]`` of ``params`` (3, N, C), in x's dtype, with the epilogue (``+ r3``
-    unless None, ReLU with ``relu``). ``weight`` and ``bias`` are float64 (C,);
+    rows ``params[:, n]`` of ``params`` (3, N, C), in x's dtype, with the epilogue (``relu``
+    not None: ``+ r3`` unless None, then ReLU when ``relu``). ``weight`` and ``bias`` are float64 (C,);
     ``cols`` (work items, 4, C) float64 is each work item's scratch.
     """
     n_planes, _, n_ch = x3.shape
-    plain = r3 is None and not relu
     per_group = n_ch // groups
     n_items = -(-n_planes // planes_per_item)
     for item in prange(n_items):
@@ -229,7 +229,7 @@ def planes_forward(x3, y3, groups, weight, bias, eps, planes_per_item, mean, var
                 rstd[n, g] = inv
                 for c in range(g * per_group, (g + 1) * per_group):
                     store_affine(params, n, c, mu, inv * weight[c], bias[c])
-            if plain:
+            if relu is None:
                 normalize_cols(xp, y3[n], params[0, n], params[1, n], params[2, n])
             elif r3 is None:
                 epilogue_cols(xp, None, y3[n], params[0, n], params[1, n], params[2, n], relu)
@@ -312,7 +312,6 @@ def forward(layout, x3, y3, groups, weight, bias, eps, residual=None, relu=False
     The epilogue ``relu(y + residual)`` (``residual`` a view like x3, or None) is applied as y
     is written.
     """
-    relu = bool(relu)
     channels = x3.shape[1] if layout == "cf" else x3.shape[2]
     w = param(weight, channels, 1.0)
     b = param(bias, channels, 0.0)
@@ -323,7 +322,7 @@ def forward(layout, x3, y3, groups, weight, bias, eps, residual=None, relu=False
         r2 = None if residual is None else _blocks(residual, groups)
         blocks_forward(x2.size, x2, y2, s, w, param(weight, c, 1.0, x3.dtype), b, param(bias, c, 0.0, x3.dtype),
                        eps, config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, mean.reshape(-1), var.reshape(-1),
-                       rstd.reshape(-1), r2, relu)
+                       rstd.reshape(-1), r2, epilogue_flag(residual, relu))
         return float(x2.shape[1]), mean, var, rstd
     n, s, c = x3.shape
     if _fused_planes(x3):
@@ -331,7 +330,8 @@ def forward(layout, x3, y3, groups, weight, bias, eps, residual=None, relu=False
         params = _memory.empty((3, n, c), x3.dtype, work=x3.size)
         per_item = _planes_per_item(n)
         cols = _memory.empty((-(-n // per_item), 4, c), work=x3.size)
-        planes_forward(x3.size, x3, y3, groups, w, b, eps, per_item, mean, var, rstd, params, cols, residual, relu)
+        planes_forward(x3.size, x3, y3, groups, w, b, eps, per_item, mean, var, rstd, params, cols, residual,
+                       epilogue_flag(residual, relu))
         return float(s * (c // groups)), mean, var, rstd
     count, mean, var = group_moments(layout, x3, groups)
     rstd = 1.0 / np.sqrt(var + eps)
@@ -372,7 +372,8 @@ def backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats, y3=None,
                         bool(use_input_stats), per_item, s_dy, s_dyx, params, cols, y3, g3)
         return (s_dyx * _per_channel(rstd, channels)).sum(axis=0), s_dy.sum(axis=0)
     mean_c, rstd_c = _per_channel(mean, channels), _per_channel(rstd, channels)
-    g3 = dx3 if g3 is None else g3
+    if y3 is not None:
+        g3 = dx3 if g3 is None else g3
     s_dy, s_dyx = grad_sums(layout, x3, dy3, mean_c, y3, g3)
     if y3 is not None:
         dy3 = g3  # dx is formed from the masked gradient
