@@ -579,13 +579,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None, ret
     channels, over those channels and all positions. Contiguous and channels-last
     inputs run without a copy; the output keeps the layout.
 
-    Parameters
-    ----------
-    residual : array of x's shape, optional
-        Added to the normalized output before the activation, in the pass that writes
-        ``y``: ``y = act(norm(x) + residual)``. Any float dtype and layout on x's device.
-    activation : None or "relu"
-        Applied last, in the same pass. Backward needs the returned ``y`` for ReLU's mask.
+    ``residual`` and ``activation`` give the fused epilogue ``y = act(norm(x) + residual)``
+    as for :func:`batch_norm`.
 
     Returns
     -------
@@ -648,13 +643,8 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     are updated in place with the batch average of the instance statistics
     (unbiased variance), as PyTorch does.
 
-    Parameters
-    ----------
-    residual : array of x's shape, optional
-        Added to the normalized output before the activation, in the pass that writes
-        ``y``: ``y = act(norm(x) + residual)``. Any float dtype and layout on x's device.
-    activation : None or "relu"
-        Applied last, in the same pass. Backward needs the returned ``y`` for ReLU's mask.
+    ``residual`` and ``activation`` give the fused epilogue ``y = act(norm(x) + residual)``
+    as for :func:`batch_norm`.
 
     Returns
     -------

@@ -7,7 +7,7 @@ Run as ``NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda`` (see conftest.py).
 
 import numpy as np
 import pytest
-from helpers import assert_close, channels_last
+from helpers import assert_close, channels_last, channels_last_device
 
 import numbanorm as nn
 from numbanorm import functional as F
@@ -26,19 +26,6 @@ def check(got_dev, expected, dtype, name, scale=1.0):
     got = got_dev.copy_to_host()
     assert got.dtype == np.asarray(expected).dtype, f"{name}: dtype {got.dtype}"
     assert_close(got, expected, RTOL[np.dtype(dtype)] * scale, name=name)
-
-
-def channels_last_device(cuda, x):
-    """A device array of shape (N, C, H, W) viewing (N, H, W, C) device memory (as in
-    test_cuda_functional.py; test modules here are not a package to import from)."""
-    mem = cuda.to_device(np.ascontiguousarray(np.moveaxis(x, 1, -1)))
-    try:
-        return mem.transpose((0, 3, 1, 2))  # the simulator's arrays transpose like NumPy's
-    except NotImplementedError:  # real device arrays transpose only in 2-D: build the view
-        from numba.cuda.cudadrv.devicearray import DeviceNDArray
-
-        view = np.moveaxis(np.empty(mem.shape, mem.dtype), -1, 1)
-        return DeviceNDArray(view.shape, view.strides, mem.dtype, gpu_data=mem.gpu_data)
 
 
 def _data(rng, shape, dtype):
