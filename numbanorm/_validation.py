@@ -21,6 +21,8 @@ __all__ = [
     "check_momentum",
     "check_dy",
     "check_out",
+    "check_activation",
+    "check_residual",
     "check_dtype",
     "check_stats",
 ]
@@ -114,14 +116,39 @@ def check_momentum(momentum, allow_none=True):
     return float(momentum)
 
 
-def check_dy(dy, x):
-    """dy must be an array of x's shape and dtype, on x's device."""
-    _check_same_device(dy, "dy", x)
+def check_dy(dy, x, name="dy"):
+    """dy (or the forward's output ``y``, by ``name``) must be an array of x's shape and dtype,
+    on x's device."""
+    _check_same_device(dy, name, x)
     if tuple(dy.shape) != tuple(x.shape):
-        raise ValueError(f"dy must have the shape of the forward input {tuple(x.shape)}, got {tuple(dy.shape)}")
+        raise ValueError(f"{name} must have the shape of the forward input {tuple(x.shape)}, got {tuple(dy.shape)}")
     if dy.dtype != x.dtype:
-        raise TypeError(f"dy must have the dtype of the forward input ({x.dtype}), got {dy.dtype}")
+        raise TypeError(f"{name} must have the dtype of the forward input ({x.dtype}), got {dy.dtype}")
     return dy
+
+
+#: The activations of the fused epilogue (``act(norm(x) + residual)``).
+ACTIVATIONS = (None, "relu")
+
+
+def check_activation(activation):
+    """True for ``"relu"``, False for None; ValueError for anything else."""
+    if activation is None:
+        return False
+    if isinstance(activation, str) and activation == "relu":
+        return True
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def check_residual(r, x, name="residual"):
+    """A residual (or another array added to a result) must be a float32/float64 array of
+    x's shape on x's device; any layout, and either float dtype (it is cast to x's)."""
+    _check_same_device(r, name, x)
+    if r.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {r.dtype}")
+    if tuple(r.shape) != tuple(x.shape):
+        raise ValueError(f"{name} must have the shape of the input {tuple(x.shape)}, got {tuple(r.shape)}")
+    return r
 
 
 def _byte_range(a):
@@ -153,8 +180,9 @@ def _may_overlap(a, b):
     return a_lo < b_hi and b_lo < a_hi
 
 
-def check_out(out, x):
-    """An ``out=`` array must be a writable array of x's shape and dtype on x's device, apart from x."""
+def check_out(out, x, residual=None):
+    """An ``out=`` array must be a writable array of x's shape and dtype on x's device, apart
+    from x (and from the residual, when one is given)."""
     if out is None:
         return None
     if is_cuda_array(x) != is_cuda_array(out) or not (isinstance(out, np.ndarray) or is_cuda_array(out)):
@@ -166,4 +194,6 @@ def check_out(out, x):
         raise ValueError("out must be writeable")
     if _may_overlap(out, x):
         raise ValueError("out must not overlap the input")
+    if residual is not None and _may_overlap(out, residual):
+        raise ValueError("out must not overlap the residual")
     return out

@@ -17,6 +17,14 @@ Conventions
 - The input's dtype (float32 or float64) sets the compute and output dtype;
   parameters of the other float dtype are cast for the call. Gradients come back in
   the input's dtype.
+- The fused epilogue: ``batch_norm``, ``group_norm`` and ``instance_norm`` take
+  ``residual=None, activation=None`` and return ``act(norm(x) + residual)`` from the pass
+  that writes the output (cuDNN's BN_ADD_ACTIVATION, timm's ``BatchNormAct2d``); their
+  backward takes the forward's output ``y`` (ReLU's mask is ``y > 0``) and with
+  ``residual=True`` returns ``(dx, dweight, dbias, dresidual)``. ``layer_norm`` and
+  ``rms_norm`` take ``residual=None`` and normalize ``s = x + residual``, returning
+  ``(y, s)`` (ONNX Runtime's SkipLayerNormalization); their backward takes ``dsum``, a
+  gradient reaching ``s`` from elsewhere, and returns dx + dsum.
 - Arrays live where the input lives: with a CUDA input, parameters, running
   statistics, ``out`` and ``dy`` must be CUDA arrays too (no hidden host-to-device
   copies). A Numba device array comes back for a CUDA input; a CuPy array or PyTorch
@@ -90,6 +98,55 @@ def _param(be, x, shape, name, p):
     return v.check_param(p, name, shape, x)
 
 
+def _residual(be, x, residual, name="residual"):
+    """A residual (or ``dsum``) checked against x: None, or an array of x's shape on x's device."""
+    if residual is None:
+        return None
+    v.check_residual(residual, x, name)
+    return be.arrays.asarray(residual)
+
+
+def _like(be, layout, x3, arr, dtype):
+    """``arr`` (shaped like the input, any layout and float dtype) as a view like ``x3`` in ``dtype``,
+    or None."""
+    if arr is None:
+        return None
+    return be.layout.like_view(layout, x3, be.arrays.astype(arr, dtype, copy=False))
+
+
+def _epilogue_grad(be, x, y, activation, residual):
+    """The backward's epilogue options, checked: ``(relu, y as a backend array or None, residual)``."""
+    if activation is None and residual is False:  # no epilogue: the common call, checked first
+        return False, None, False
+    relu = v.check_activation(activation)
+    if not isinstance(residual, (bool, np.bool_)):
+        raise TypeError(f"residual must be True or False (whether the forward added one), got {residual!r}")
+    if not relu:
+        return False, None, bool(residual)
+    if y is None:
+        raise ValueError("y (the forward's output) is required with activation='relu': ReLU's mask is y > 0")
+    v.check_dy(y, x, "y")
+    return True, be.arrays.asarray(y), bool(residual)
+
+
+def _grad_outputs(be, layout, x3, x, relu, residual):
+    """``(dx, dresidual, g3)``: the dx Output, the residual's gradient Output (ReLU and a
+    residual) or None, and where the masked gradient goes (None without ReLU; the residual's
+    gradient, or dx's buffer as scratch)."""
+    dx = be.layout.Output(layout, x3, x)
+    dres = be.layout.Output(layout, x3, x) if relu and residual else None
+    g3 = None if not relu else (dx.view if dres is None else dres.view)
+    return dx, dres, g3
+
+
+def _with_residual_grad(grads, residual, dres, dy):
+    """The backward's result: ``grads`` (dx, dweight, dbias), and the residual's gradient with
+    ``residual`` (the masked dy, or dy itself without an activation)."""
+    if not residual:
+        return grads
+    return grads + ((dy if dres is None else dres.result()),)
+
+
 def _running_pair(running_mean, running_var):
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must both be arrays or both be None")
@@ -127,7 +184,8 @@ def _grad(be, g, x, given):
 # -- BatchNorm ---------------------------------------------------------------------------
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
-               eps=1e-5, *, out=None, return_stats=False, comm=None, check_input=None):
+               eps=1e-5, *, out=None, return_stats=False, comm=None, check_input=None, residual=None,
+               activation=None):
     r"""Batch normalization over the channel axis 1 (Ioffe & Szegedy, 2015).
 
     .. math::
@@ -169,6 +227,12 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     check_input : callable, optional
         Called with ``x`` before anything else, inside the exchange when there is one, so
         that its errors reach every rank too (layers pass their dimension and channel checks).
+    residual : array of x's shape, optional
+        Added to the normalized output before the activation (a ResNet block's shortcut), in
+        the pass that writes ``y``: ``y = act(norm(x) + residual)``. Any float dtype and
+        layout on x's device; cast to x's dtype.
+    activation : None or "relu"
+        Applied last, in the same pass. Backward needs the returned ``y`` for ReLU's mask.
 
     Returns
     -------
@@ -193,8 +257,11 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
             momentum = v.check_momentum(momentum, allow_none=False)
         if exchange is None:
             _check_count(x.size // c if c else 0, training, x.shape)
-        v.check_out(out, x)
+        relu = v.check_activation(activation)
+        residual = _residual(be, x, residual)
+        v.check_out(out, x, residual)
         layout, x3 = be.layout.channel_view(x)
+        r3 = _like(be, layout, x3, residual, x.dtype)
         if exchange is not None:
             local = be.batchnorm.moments(layout, x3) if x.size else (0.0, np.zeros(c), np.zeros(c))
             exchange.share(tuple(be.arrays.to_host(a) if i else a for i, a in enumerate(local)))
@@ -205,19 +272,19 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     elif x.size == 0:
         return _empty_forward(be, x, out, (c,), return_stats)
 
-    y3, y, pending = be.layout.output(layout, x3, x, out)
+    y = be.layout.Output(layout, x3, x, out)
     bn = be.batchnorm
     if use_input_stats:
         if exchange is not None:
-            var, rstd = bn.normalize(layout, x3, y3, mean, m2, count, weight, bias, eps)
+            var, rstd = bn.normalize(layout, x3, y.view, mean, m2, count, weight, bias, eps, r3, relu)
         else:
-            count, mean, _, var, rstd = bn.forward_train(layout, x3, y3, weight, bias, eps)
+            count, mean, _, var, rstd = bn.forward_train(layout, x3, y.view, weight, bias, eps, r3, relu)
         if training and running_mean is not None:
             _update_running(be, running_mean, running_var, mean, var, momentum, count)
     else:
-        _, rstd = bn.normalize(layout, x3, y3, running_mean, running_var, 1.0, weight, bias, eps)
+        _, rstd = bn.normalize(layout, x3, y.view, running_mean, running_var, 1.0, weight, bias, eps, r3, relu)
         mean = be.arrays.astype(running_mean, np.float64)
-    y = be.layout.finish(y, pending)
+    y = y.result()
     return (y, mean, rstd) if return_stats else y
 
 
@@ -226,8 +293,8 @@ def _check_count(count, training, size):
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
 
 
-def batch_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_stats=True, *, comm=None,
-                        local_param_grads=False):
+def batch_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_stats=True, *, comm=None, y=None,
+                        activation=None, residual=False, local_param_grads=False):
     r"""Gradients of :func:`batch_norm` given the statistics its forward used.
 
     With :math:`\hat x = (x - \mu)\,\sigma^{-1}` and sums over a channel's m values:
@@ -259,45 +326,61 @@ def batch_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_sta
         The forward's communicator: with ``use_input_stats``, every rank's per-channel
         (count, sum dy, sum dy*(x - mean)) goes through one all-gather and is summed in
         rank order, so dx equals a single-process BatchNorm's on the whole batch and
-        ``dweight``/``dbias`` are whole-batch sums, identical on every rank.
+        ``dweight``/``dbias`` are whole-batch sums, identical on every rank. With ReLU the
+        mask is applied before the exchanged sums.
+    y : array like ``x``, optional
+        The forward's output; required with ``activation="relu"``, whose gradient is
+        ``g = dy * (y > 0)``: it is formed in the gradient sums' read and replaces dy in the
+        formulas above.
+    activation : None or "relu"
+        The forward's activation.
+    residual : bool
+        Whether the forward added a residual: its gradient ``g`` is returned as well.
     local_param_grads : bool
         With ``comm``: return this rank's own ``dweight``/``dbias`` sums instead (PyTorch's
         SyncBatchNorm convention, which leaves them for DistributedDataParallel to average).
 
     Returns
     -------
-    dx : array like ``x``; dweight, dbias : array (C,) in ``x``'s dtype, or None.
+    dx : array like ``x``; dweight, dbias : array (C,) in ``x``'s dtype, or None;
+    and with ``residual``, dresidual : the gradient of the residual, like ``x`` (``dy``
+    itself without an activation).
     """
     exchange = Exchange(comm, "batch_norm_backward") if comm is not None and use_input_stats else None
     with exchange or _LOCAL:
         be, x, c = _channels_input(x, 2, "x")
         v.check_dy(dy, x)
+        relu, y, residual = _epilogue_grad(be, x, y, activation, residual)
         mean = _stats(be, x, mean, "mean", (c,))
         rstd = _stats(be, x, rstd, "rstd", (c,))
         weight, bias = _params(be, x, (c,), weight=weight, bias=bias)
+        dy = be.arrays.asarray(dy)
         layout, x3 = be.layout.channel_view(x)
-        dy3 = be.layout.like_view(layout, x3, be.arrays.asarray(dy))
+        dy3 = be.layout.like_view(layout, x3, dy)
+        y3 = _like(be, layout, x3, y, x.dtype)
+        dx, dres, g3 = _grad_outputs(be, layout, x3, x, relu, residual)
         if exchange is not None:
             count = x.size // c if c else 0
             if x.size:
-                db, s_dyx = be.batchnorm.grad_sums(layout, x3, dy3, mean)
+                db, s_dyx = be.batchnorm.grad_sums(layout, x3, dy3, mean, y3, g3)
             else:
                 db = s_dyx = be.arrays.full(c, 0.0)
             exchange.share((np.array([float(count)]), be.arrays.to_host(db), be.arrays.to_host(s_dyx)))
-    dx3, dx, pending = be.layout.output(layout, x3, x)
     if exchange is not None:
         local = db, s_dyx
         total, db, s_dyx = sum_parts(exchange.parts, "batch_norm_backward")
         db, s_dyx = be.arrays.from_host(db), be.arrays.from_host(s_dyx)
-        dw = be.batchnorm.apply_dx(layout, x3, dy3, dx3, mean, rstd, weight, db, s_dyx, float(total[0]),
-                                   bool(use_input_stats))
+        dw = be.batchnorm.apply_dx(layout, x3, dy3 if g3 is None else g3, dx.view, mean, rstd, weight, db, s_dyx,
+                                   float(total[0]), bool(use_input_stats))
         if local_param_grads:
             db, dw = local[0], be.batchnorm.dweight(local[1], rstd)
     elif x.size:
-        dw, db = be.batchnorm.backward(layout, x3, dy3, dx3, mean, rstd, weight, bool(use_input_stats))
+        dw, db = be.batchnorm.backward(layout, x3, dy3, dx.view, mean, rstd, weight, bool(use_input_stats), y3,
+                                       None if dres is None else dres.view)
     else:
         dw = db = be.arrays.full(c, 0.0)
-    return be.layout.finish(dx, pending), _grad(be, dw, x, weight), _grad(be, db, x, bias)
+    grads = (dx.result(), _grad(be, dw, x, weight), _grad(be, db, x, bias))
+    return _with_residual_grad(grads, residual, dres, dy)
 
 
 # -- LayerNorm and RMSNorm ---------------------------------------------------------------
@@ -335,23 +418,36 @@ def _rows_input(x, normalized_shape, name="input"):
     return be, x, shape, tuple(x.shape[:x.ndim - k])
 
 
-def _rows_forward(x, normalized_shape, weight, bias, eps, out, center):
+def _rows_forward(x, normalized_shape, weight, bias, eps, out, center, residual, return_stats):
+    """LayerNorm/RMSNorm forward and its result: y, (y, s) with a residual, and the
+    statistics after them with ``return_stats``."""
     be, x, shape, stat_shape = _rows_input(x, normalized_shape)
     weight = _param(be, x, shape, "weight", weight)
     bias = _param(be, x, shape, "bias", bias)
     eps = v.check_eps(float(np.finfo(x.dtype).eps) if eps is None and not center else eps)
-    v.check_out(out, x)
+    residual = _residual(be, x, residual)
+    v.check_out(out, x, residual)
     layout, x2 = be.layout.rows_view(x, math.prod(shape))
-    y3, y, pending = be.layout.output(layout, x2, x, out)
-    mean, rstd = be.layernorm.forward(x2, y3, weight, bias, eps, center)
+    y = be.layout.Output(layout, x2, x, out)
+    if residual is None:
+        mean, rstd = be.layernorm.forward(x2, y.view, weight, bias, eps, center)
+        result = (y.result(),)
+    else:
+        s = be.layout.Output(layout, x2, x)
+        mean, rstd = be.layernorm.forward(x2, y.view, weight, bias, eps, center,
+                                          _like(be, layout, x2, residual, x.dtype), s.view)
+        result = (y.result(), s.result())
+    if not return_stats:
+        return result[0] if residual is None else result
     if len(stat_shape) != 1:
         mean, rstd = mean.reshape(stat_shape), rstd.reshape(stat_shape)
-    return be.layout.finish(y, pending), (mean if center else None), rstd
+    return result + ((mean if center else None), rstd)
 
 
-def _rows_backward(dy, x, normalized_shape, mean, rstd, weight, bias, center):
+def _rows_backward(dy, x, normalized_shape, mean, rstd, weight, bias, center, dsum):
     be, x, shape, stat_shape = _rows_input(x, normalized_shape, "x")
     v.check_dy(dy, x)
+    dsum = _residual(be, x, dsum, "dsum")
     rstd = _stats(be, x, rstd, "rstd", stat_shape)
     mean = _stats(be, x, mean, "mean", stat_shape) if center else None
     weight = _param(be, x, shape, "weight", weight)
@@ -359,14 +455,15 @@ def _rows_backward(dy, x, normalized_shape, mean, rstd, weight, bias, center):
     layout, x2 = be.layout.rows_view(x, math.prod(shape))
     rows = x2.shape[0]
     dy2 = be.layout.like_view(layout, x2, be.arrays.asarray(dy))
-    dx3, dx, pending = be.layout.output(layout, x2, x)
+    dx = be.layout.Output(layout, x2, x)
     mean = be.arrays.full(rows, 0.0) if mean is None else mean.reshape(rows)
-    dw, db = be.layernorm.backward(x2, dy2, dx3, mean, rstd.reshape(rows), weight, center)
-    dx = be.layout.finish(dx, pending)
-    return dx, _grad(be, dw.reshape(shape), x, weight), _grad(be, db.reshape(shape), x, bias)
+    dw, db = be.layernorm.backward(x2, dy2, dx.view, mean, rstd.reshape(rows), weight, center,
+                                   _like(be, layout, x2, dsum, x.dtype))
+    return dx.result(), _grad(be, dw.reshape(shape), x, weight), _grad(be, db.reshape(shape), x, bias)
 
 
-def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False,
+               residual=None):
     r"""Layer normalization over the trailing ``normalized_shape`` dims (Ba, Kiros & Hinton, 2016).
 
     .. math::
@@ -386,20 +483,23 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
         Written in place and returned.
     return_stats : bool
         Also return float64 ``mean`` and ``rstd`` of shape ``x.shape[:-len(normalized_shape)]``.
+    residual : array of x's shape, optional
+        The skip form (ONNX Runtime's SkipLayerNormalization): ``s = x + residual`` is
+        normalized instead of x and returned too. Each row of ``s`` is written (in x's dtype)
+        and its moments taken in one read of x and the residual. Any float dtype and layout.
 
     Returns
     -------
-    y, or (y, mean, rstd) with ``return_stats``.
+    y, or (y, mean, rstd) with ``return_stats``; with a residual, (y, s) or (y, s, mean, rstd).
 
     References
     ----------
     J. L. Ba, J. R. Kiros and G. E. Hinton, "Layer Normalization", 2016. arXiv:1607.06450
     """
-    y, mean, rstd = _rows_forward(x, normalized_shape, weight, bias, eps, out, center=True)
-    return (y, mean, rstd) if return_stats else y
+    return _rows_forward(x, normalized_shape, weight, bias, eps, out, True, residual, return_stats)
 
 
-def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, bias=None):
+def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, bias=None, *, dsum=None):
     r"""Gradients of :func:`layer_norm`: returns ``(dx, dweight, dbias)``.
 
     With :math:`\hat x = (x - \mu) r` and :math:`g = dy \odot \gamma` per row of D values:
@@ -407,12 +507,17 @@ def layer_norm_backward(dy, x, normalized_shape, mean, rstd, weight=None, bias=N
     float64, so a row of one value gets exactly 0),
     :math:`d\gamma = \sum_{rows} dy\,\hat x`, :math:`d\beta = \sum_{rows} dy`.
     ``mean``/``rstd`` are those returned by ``layer_norm(..., return_stats=True)``; ``x``
-    must hold the values it had in the forward call.
+    must hold the values it had in the forward call: for the skip form, ``s``.
+
+    ``dsum`` (an array of x's shape, optional) is a gradient that reaches the normalized
+    input by another path, as the residual stream of a transformer block does; it is added
+    to dx in the same loop, so for the skip form the returned dx is the gradient of both
+    ``x`` and ``residual``.
     """
-    return _rows_backward(dy, x, normalized_shape, mean, rstd, weight, bias, center=True)
+    return _rows_backward(dy, x, normalized_shape, mean, rstd, weight, bias, True, dsum)
 
 
-def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_stats=False):
+def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_stats=False, residual=None):
     r"""Root mean square normalization (Zhang & Sennrich, 2019).
 
     .. math::
@@ -422,27 +527,32 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None, return_sta
     over the trailing ``normalized_shape`` dims; ``eps=None`` means
     ``np.finfo(x.dtype).eps`` as in PyTorch.
 
+    ``residual`` gives the skip form (ONNX Runtime's SkipSimplifiedLayerNormalization, Liger's
+    FusedAddRMSNorm): ``s = x + residual`` is normalized and returned too, as in
+    :func:`layer_norm`.
+
     Returns
     -------
     y, or (y, None, rstd) with ``return_stats`` (RMSNorm has no mean; ``rstd`` float64 of
-    shape ``x.shape[:-len(normalized_shape)]``).
+    shape ``x.shape[:-len(normalized_shape)]``); with a residual, (y, s) or (y, s, None, rstd).
 
     References
     ----------
     B. Zhang and R. Sennrich, "Root Mean Square Layer Normalization", NeurIPS 2019.
     arXiv:1910.07467
     """
-    y, mean, rstd = _rows_forward(x, normalized_shape, weight, None, eps, out, center=False)
-    return (y, mean, rstd) if return_stats else y
+    return _rows_forward(x, normalized_shape, weight, None, eps, out, False, residual, return_stats)
 
 
-def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None):
+def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None, *, dsum=None):
     r"""Gradients of :func:`rms_norm`: returns ``(dx, dweight, None)``.
 
     With :math:`\hat x = x r`, :math:`g = dy \odot \gamma`:
     :math:`dx = r\,(g - \hat x\,\overline{g \hat x})`, :math:`d\gamma = \sum_{rows} dy\,\hat x`.
+    ``x`` is the normalized input (``s`` for the skip form); ``dsum`` is added to dx as in
+    :func:`layer_norm_backward`.
     """
-    return _rows_backward(dy, x, normalized_shape, None, rstd, weight, None, center=False)
+    return _rows_backward(dy, x, normalized_shape, None, rstd, weight, None, False, dsum)
 
 
 # -- GroupNorm and InstanceNorm ---------------------------------------------------------
@@ -456,20 +566,25 @@ def check_groups(num_groups, channels):
     return int(num_groups)
 
 
-def _per_sample_backward(family_backward, be, dy, x, mean, rstd, weight, bias, use_input_stats):
-    """dx, dweight, dbias of GroupNorm and InstanceNorm from checked (N, P) statistics."""
+def _per_sample_backward(family_backward, be, dy, x, mean, rstd, weight, bias, use_input_stats, relu, y, residual):
+    """dx, dweight, dbias (and dresidual) of GroupNorm and InstanceNorm from checked (N, P)
+    statistics and epilogue options."""
     layout, x3 = be.layout.channel_view(x, rows_2d=True)
-    dx3, dx, pending = be.layout.output(layout, x3, x)
+    dx, dres, g3 = _grad_outputs(be, layout, x3, x, relu, residual)
     c = x.shape[1]
+    dy = be.arrays.asarray(dy)
     if x.size == 0:
         dw = db = be.arrays.full(c, 0.0)
     else:
-        dy3 = be.layout.like_view(layout, x3, be.arrays.asarray(dy))
-        dw, db = family_backward(layout, x3, dy3, dx3, mean, rstd, weight, bool(use_input_stats))
-    return be.layout.finish(dx, pending), _grad(be, dw, x, weight), _grad(be, db, x, bias)
+        dy3 = be.layout.like_view(layout, x3, dy)
+        dw, db = family_backward(layout, x3, dy3, dx.view, mean, rstd, weight, bool(use_input_stats),
+                                 _like(be, layout, x3, y, x.dtype), None if dres is None else dres.view)
+    grads = (dx.result(), _grad(be, dw, x, weight), _grad(be, db, x, bias))
+    return _with_residual_grad(grads, residual, dres, dy)
 
 
-def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False):
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None, return_stats=False, residual=None,
+               activation=None):
     r"""Group normalization (Wu & He, 2018) of (N, C, \*) input.
 
     .. math::
@@ -479,6 +594,9 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None, ret
     with mean and biased variance per sample and group of ``C / num_groups``
     channels, over those channels and all positions. Contiguous and channels-last
     inputs run without a copy; the output keeps the layout.
+
+    ``residual`` and ``activation`` give the fused epilogue ``y = act(norm(x) + residual)``
+    as for :func:`batch_norm`.
 
     Returns
     -------
@@ -492,35 +610,44 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None, ret
     groups = check_groups(num_groups, c)
     weight, bias = _params(be, x, (c,), weight=weight, bias=bias)
     eps = v.check_eps(eps)
-    v.check_out(out, x)
+    relu = v.check_activation(activation)
+    residual = _residual(be, x, residual)
+    v.check_out(out, x, residual)
     if x.size == 0:
         return _empty_forward(be, x, out, (x.shape[0], groups), return_stats)
     layout, x3 = be.layout.channel_view(x, rows_2d=True)
-    y3, y, pending = be.layout.output(layout, x3, x, out)
-    _, mean, _, rstd = be.groupnorm.forward(layout, x3, y3, groups, weight, bias, eps)
-    y = be.layout.finish(y, pending)
+    y = be.layout.Output(layout, x3, x, out)
+    _, mean, _, rstd = be.groupnorm.forward(layout, x3, y.view, groups, weight, bias, eps,
+                                            _like(be, layout, x3, residual, x.dtype), relu)
+    y = y.result()
     return (y, mean, rstd) if return_stats else y
 
 
-def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, bias=None):
+def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, bias=None, *, y=None, activation=None,
+                        residual=False):
     r"""Gradients of :func:`group_norm`: returns ``(dx, dweight, dbias)``.
 
     Per group of m values with :math:`\hat x = (x - \mu) r` and :math:`g = dy\,\gamma_c`:
     :math:`dx = r\,(g - \overline{g} - \hat x\,\overline{g \hat x})` (the bracket in
     float64), :math:`d\gamma_c = \sum dy\,\hat x`, :math:`d\beta_c = \sum dy` over samples
     and positions. ``x`` must hold the values it had in the forward call.
+
+    The epilogue options as in :func:`batch_norm_backward`: with ``activation="relu"`` the
+    forward's output ``y`` is required and ``dy * (y > 0)`` replaces dy (formed in the
+    gradient sums' read); with ``residual=True`` the residual's gradient is returned fourth.
     """
     be, x, c = _channels_input(x, 2, "x")
     groups = check_groups(num_groups, c)
     v.check_dy(dy, x)
+    relu, y, residual = _epilogue_grad(be, x, y, activation, residual)
     mean = _stats(be, x, mean, "mean", (x.shape[0], groups))
     rstd = _stats(be, x, rstd, "rstd", (x.shape[0], groups))
     weight, bias = _params(be, x, (c,), weight=weight, bias=bias)
-    return _per_sample_backward(be.groupnorm.backward, be, dy, x, mean, rstd, weight, bias, True)
+    return _per_sample_backward(be.groupnorm.backward, be, dy, x, mean, rstd, weight, bias, True, relu, y, residual)
 
 
 def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
-                  momentum=0.1, eps=1e-5, *, out=None, return_stats=False):
+                  momentum=0.1, eps=1e-5, *, out=None, return_stats=False, residual=None, activation=None):
     r"""Instance normalization (Ulyanov, Vedaldi & Lempitsky, 2017) of (N, C, \*) input.
 
     .. math::
@@ -531,6 +658,9 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     the running statistics. With ``use_input_stats`` and running arrays given, they
     are updated in place with the batch average of the instance statistics
     (unbiased variance), as PyTorch does.
+
+    ``residual`` and ``activation`` give the fused epilogue ``y = act(norm(x) + residual)``
+    as for :func:`batch_norm`.
 
     Returns
     -------
@@ -554,32 +684,40 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         spatial = x.size // (n * c) if n * c else 0
         if spatial <= 1:
             raise ValueError(f"Expected more than 1 spatial element when training, got input size {tuple(x.shape)}")
-    v.check_out(out, x)
+    relu = v.check_activation(activation)
+    residual = _residual(be, x, residual)
+    v.check_out(out, x, residual)
     if x.size == 0:
         return _empty_forward(be, x, out, (n, c), return_stats)
     layout, x3 = be.layout.channel_view(x)
-    y3, y, pending = be.layout.output(layout, x3, x, out)
+    y = be.layout.Output(layout, x3, x, out)
+    r3 = _like(be, layout, x3, residual, x.dtype)
     if use_input_stats:
-        count, mean, var, rstd = be.instancenorm.forward(layout, x3, y3, weight, bias, eps)
+        count, mean, var, rstd = be.instancenorm.forward(layout, x3, y.view, weight, bias, eps, r3, relu)
         if running_mean is not None:
             _update_running(be, running_mean, running_var, mean, var, momentum, count)
     else:
         # Running statistics are per channel: BatchNorm's evaluation pass.
-        _, rstd = be.batchnorm.normalize(layout, x3, y3, running_mean, running_var, 1.0, weight, bias, eps)
+        _, rstd = be.batchnorm.normalize(layout, x3, y.view, running_mean, running_var, 1.0, weight, bias, eps,
+                                         r3, relu)
         mean, rstd = be.arrays.repeat_rows(running_mean, n), be.arrays.repeat_rows(rstd, n)
-    y = be.layout.finish(y, pending)
+    y = y.result()
     return (y, mean, rstd) if return_stats else y
 
 
-def instance_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_stats=True):
+def instance_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_stats=True, *, y=None,
+                           activation=None, residual=False):
     r"""Gradients of :func:`instance_norm`: returns ``(dx, dweight, dbias)``.
 
     Per (n, c) instance as for :func:`group_norm_backward` with one channel per group;
     without ``use_input_stats`` the statistics were constants: ``dx = dy * gamma * rstd``.
+    The epilogue options (``y``, ``activation``, ``residual``) as in :func:`batch_norm_backward`.
     """
     be, x, c = _channels_input(x, 3, "x")
     v.check_dy(dy, x)
+    relu, y, residual = _epilogue_grad(be, x, y, activation, residual)
     mean = _stats(be, x, mean, "mean", (x.shape[0], c))
     rstd = _stats(be, x, rstd, "rstd", (x.shape[0], c))
     weight, bias = _params(be, x, (c,), weight=weight, bias=bias)
-    return _per_sample_backward(be.instancenorm.backward, be, dy, x, mean, rstd, weight, bias, use_input_stats)
+    return _per_sample_backward(be.instancenorm.backward, be, dy, x, mean, rstd, weight, bias, use_input_stats,
+                                relu, y, residual)

@@ -177,7 +177,9 @@ def fold_batchnorm(weight, bias, bn, *, transpose=False):
         (``track_running_stats=True``), or any object with ``running_mean``,
         ``running_var``, ``weight``, ``bias`` (None when ``affine=False``) and
         ``eps``. The fold reproduces its eval-mode output; its ``training``
-        flag is not consulted.
+        flag is not consulted. A fused epilogue (``activation``, a residual) is
+        not part of the BatchNorm's affine map and is not folded: apply it to
+        the folded layer's output.
     transpose : bool, default False
         The weight is a ConvTranspose weight, whose output channels are its
         second dimension (as in ``fuse_conv_bn_weights(..., transpose=True)``).

@@ -47,6 +47,19 @@ def channels_last(x):
     return np.moveaxis(mem, -1, 1)
 
 
+def channels_last_device(cuda, x):
+    """A device array of shape (N, C, H, W) viewing (N, H, W, C) device memory; ``cuda`` is
+    ``numba.cuda`` (the simulator's or a real one)."""
+    mem = cuda.to_device(np.ascontiguousarray(np.moveaxis(x, 1, -1)))
+    try:
+        return mem.transpose((0, 3, 1, 2))  # the simulator's arrays transpose like NumPy's
+    except NotImplementedError:  # real device arrays transpose only in 2-D: build the view
+        from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+        view = np.moveaxis(np.empty(mem.shape, mem.dtype), -1, 1)
+        return DeviceNDArray(view.shape, view.strides, mem.dtype, gpu_data=mem.gpu_data)
+
+
 def is_channels_last(a):
     """True when a (N, C, *S) array is a view of C-contiguous (N, *S, C) memory."""
     return np.moveaxis(a, 1, -1).flags.c_contiguous

@@ -9,7 +9,7 @@ import numpy as np
 from .. import _device, _memory
 from .. import _validation as v
 
-__all__ = ["NormBase", "IncompatibleKeys"]
+__all__ = ["NormBase", "Epilogue", "IncompatibleKeys"]
 
 #: What ``load_state_dict`` returns, as in PyTorch.
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -21,10 +21,14 @@ class NormBase:
 
     Subclasses call :meth:`_init_state` in ``__init__`` and implement ``forward`` (which
     keeps what backward needs in ``self._saved``), ``_backward(saved, dy)`` returning
-    ``(dx, dweight, dbias)``, and ``extra_repr``. Parameters and
+    ``(dx, dweight, dbias)`` (and the residual's gradient fourth when the forward added a
+    residual), and ``extra_repr``. Parameters and
     buffers are NumPy arrays; ``state_dict()`` uses PyTorch's keys, so the arrays of
     a PyTorch checkpoint load unchanged.
     """
+
+    #: The gradient of the last forward's residual (set by backward; None without one).
+    grad_residual = None
 
     #: state_dict keys of parameters and float buffers, in PyTorch's order.
     _param_names = ("weight", "bias")
@@ -40,6 +44,7 @@ class NormBase:
         self.num_batches_tracked = None
         self.grad_weight = None
         self.grad_bias = None
+        self.grad_residual = None
         self._saved = None
 
     # -- construction ---------------------------------------------------------------
@@ -100,13 +105,15 @@ class NormBase:
         """Forget the gradients of the last backward."""
         self.grad_weight = None
         self.grad_bias = None
+        self.grad_residual = None
 
     # -- calls ----------------------------------------------------------------------
-    def __call__(self, x):
-        return self.forward(x)
+    def __call__(self, x, *args, **kwargs):
+        return self.forward(x, *args, **kwargs)
 
     def backward(self, dy):
-        """Return dL/dx for the last forward input; set ``grad_weight`` and ``grad_bias``.
+        """Return dL/dx for the last forward input; set ``grad_weight`` and ``grad_bias``
+        (and ``grad_residual``: the gradient of the forward's residual, None without one).
 
         What forward keeps for this: a reference to its input ``x`` (not a copy) and the
         float64 statistics it used (the mean and rstd, one per normalized group). dx is
@@ -122,12 +129,16 @@ class NormBase:
         TypeError, ValueError
             ``dy`` of another shape, dtype or device than the forward input.
         """
+        return self._run_backward(dy)
+
+    def _run_backward(self, dy, **options):
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward() called before forward(): "
                                "call the layer on an input first")
-        dx, dweight, dbias = self._backward(self._saved, dy)
-        self._store_grads(dweight, dbias)
-        return dx
+        grads = self._backward(self._saved, dy, **options)
+        self._store_grads(grads[1], grads[2])
+        self.grad_residual = grads[3] if len(grads) > 3 else None
+        return grads[0]
 
     def _store_grads(self, dweight, dbias):
         self.grad_weight = None if dweight is None else _device.astype(dweight, self.weight.dtype, copy=False)
@@ -223,3 +234,34 @@ class NormBase:
 
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"
+
+
+class Epilogue:
+    """The fused epilogue of the channel-wise layers (BatchNorm, GroupNorm, InstanceNorm):
+    ``layer(x, residual)`` returns ``activation(norm(x) + residual)`` from one pass.
+
+    ``activation`` (None or ``"relu"``) is a constructor keyword, kept in the layer's repr
+    and pickled state but not in ``state_dict()`` (it is not a tensor). Forward keeps its
+    output for ReLU's mask (``y > 0``) and whether a residual was added; backward then sets
+    ``grad_residual``. The output must hold its values until backward, as ``x`` must.
+    """
+
+    activation = None
+
+    def _init_epilogue(self, activation):
+        v.check_activation(activation)
+        self.activation = activation
+
+    def _epilogue_saved(self, y, residual):
+        """What backward needs of the epilogue: the output (with an activation), the activation
+        and whether a residual was added, as of this forward."""
+        return {"y": y if self.activation is not None else None, "activation": self.activation,
+                "residual": residual is not None}
+
+    @staticmethod
+    def _epilogue_options(saved):
+        """The epilogue keywords of the ``*_backward`` call for ``saved``."""
+        return {"y": saved["y"], "activation": saved["activation"], "residual": saved["residual"]}
+
+    def _epilogue_repr(self):
+        return "" if self.activation is None else f", activation={self.activation!r}"

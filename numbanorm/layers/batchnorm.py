@@ -7,7 +7,7 @@ import numpy as np
 from .. import _validation as v
 from .. import functional as F
 from ..distributed import as_communicator
-from .base import NormBase
+from .base import Epilogue, NormBase
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"]
 
@@ -18,15 +18,16 @@ def check_num_features(num_features, name="num_features"):
     return int(num_features)
 
 
-class _NormWithRunningStats(NormBase):
+class _NormWithRunningStats(Epilogue, NormBase):
     """Per-channel layers with optional running statistics (BatchNorm, InstanceNorm)."""
 
     _ndims = ()
     _dims_text = ""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 dtype=np.float32, *, bias=True):
+                 dtype=np.float32, *, bias=True, activation=None):
         super().__init__(dtype)
+        self._init_epilogue(activation)
         self.num_features = check_num_features(num_features)
         self.eps = v.check_eps(eps)
         self.momentum = v.check_momentum(momentum)
@@ -56,7 +57,8 @@ class _NormWithRunningStats(NormBase):
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-                f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}")
+                f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}"
+                + self._epilogue_repr())
 
 
 class _BatchNorm(_NormWithRunningStats):
@@ -86,11 +88,16 @@ class _BatchNorm(_NormWithRunningStats):
         the input's dtype sets the compute and output dtype.
     bias : bool, keyword-only, default True
         With ``affine``, whether the learnable ``bias`` exists (as in PyTorch 2.13).
+    activation : None or "relu", keyword-only
+        The fused epilogue (timm's ``BatchNormAct2d``, cuDNN's BN_ADD_ACTIVATION):
+        ``layer(x, residual)`` returns ``activation(norm(x) + residual)`` from the pass that
+        writes the output; ``residual`` is optional.
 
     Notes
     -----
-    ``layer(x)`` runs forward; ``layer.backward(dy)`` returns dx and sets
-    ``grad_weight``/``grad_bias``. Only x (by reference) and per-channel statistics
+    ``layer(x)`` (or ``layer(x, residual)``) runs forward; ``layer.backward(dy)`` returns dx
+    and sets ``grad_weight``/``grad_bias`` (and ``grad_residual`` after a forward with a
+    residual, else None). Only x (by reference) and per-channel statistics
     are kept for backward. Statistics are accumulated in float64 (checked shifted
     block sums with a two-pass fallback for contiguous input, lane-wise Welford over
     the channels of channels-last and (N, C) input) and merged by Chan's formula, and
@@ -106,7 +113,7 @@ class _BatchNorm(_NormWithRunningStats):
     #: The communicator of SyncBatchNorm; None: this process's batch alone.
     _comm = None
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
         update = self.training and self.track_running_stats
         use_running = not self.training or self.track_running_stats
         y, mean, rstd = F.batch_norm(
@@ -121,16 +128,20 @@ class _BatchNorm(_NormWithRunningStats):
             return_stats=True,
             comm=self._comm,
             check_input=self._check_input,
+            residual=residual,
+            activation=self.activation,
         )
         if update:
             self.num_batches_tracked += 1
         self._saved = {"x": x, "mean": mean, "rstd": rstd,
-                       "use_input_stats": self.training or self.running_mean is None}
+                       "use_input_stats": self.training or self.running_mean is None,
+                       **self._epilogue_saved(y, residual)}
         return y
 
     def _backward(self, saved, dy):
         return F.batch_norm_backward(dy, saved["x"], saved["mean"], saved["rstd"], self.weight, self.bias,
-                                     use_input_stats=saved["use_input_stats"], comm=self._comm)
+                                     use_input_stats=saved["use_input_stats"], comm=self._comm,
+                                     **self._epilogue_options(saved))
 
 
 class BatchNorm1d(_BatchNorm):
@@ -178,8 +189,9 @@ class SyncBatchNorm(_BatchNorm):
     ----------
     num_features : int
         C, the number of channels.
-    eps, momentum, affine, track_running_stats, dtype, bias
-        As for :class:`BatchNorm2d`.
+    eps, momentum, affine, track_running_stats, dtype, bias, activation
+        As for :class:`BatchNorm2d` (the epilogue's ReLU mask is applied before the
+        exchanged backward sums).
     comm : mpi4py communicator or numbanorm.distributed.Communicator, optional
         The process group; default ``MPI.COMM_WORLD`` (needs ``pip install "numbanorm[mpi]"``).
         A sub-communicator syncs within its group. A group of one is BatchNorm.
@@ -203,8 +215,9 @@ class SyncBatchNorm(_BatchNorm):
     _dims_text = "2D to 5D"
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, comm=None,
-                 dtype=np.float32, *, bias=True):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias=bias)
+                 dtype=np.float32, *, bias=True, activation=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias=bias,
+                         activation=activation)
         self.comm = comm
 
     @property
@@ -218,9 +231,9 @@ class SyncBatchNorm(_BatchNorm):
     def comm(self, comm):
         self._comm = as_communicator(comm)
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
         self._comm = self.comm  # the group is known before any state is touched
-        return super().forward(x)
+        return super().forward(x, residual)
 
     def __getstate__(self):
         state = super().__getstate__()

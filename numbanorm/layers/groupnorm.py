@@ -4,13 +4,13 @@ import numpy as np
 
 from .. import _validation as v
 from .. import functional as F
-from .base import NormBase
+from .base import Epilogue, NormBase
 from .batchnorm import check_num_features
 
 __all__ = ["GroupNorm"]
 
 
-class GroupNorm(NormBase):
+class GroupNorm(Epilogue, NormBase):
     r"""Group normalization (Wu & He, 2018).
 
     .. math::
@@ -32,6 +32,9 @@ class GroupNorm(NormBase):
     dtype : np.float32 or np.float64
     bias : bool, keyword-only, default True
         With ``affine``, whether the learnable ``bias`` exists (as in PyTorch 2.13).
+    activation : None or "relu", keyword-only
+        The fused epilogue: ``layer(x, residual)`` returns ``activation(norm(x) + residual)``
+        from the pass that writes the output; backward sets ``grad_residual``.
 
     Notes
     -----
@@ -43,8 +46,10 @@ class GroupNorm(NormBase):
     Y. Wu and K. He, "Group Normalization", ECCV 2018. arXiv:1803.08494
     """
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32, *, bias=True):
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, dtype=np.float32, *, bias=True,
+                 activation=None):
         super().__init__(dtype)
+        self._init_epilogue(activation)
         self.num_channels = check_num_features(num_channels, "num_channels")
         self.num_groups = F.check_groups(num_groups, self.num_channels)
         self.eps = v.check_eps(eps)
@@ -59,16 +64,17 @@ class GroupNorm(NormBase):
             raise ValueError(f"GroupNorm expected {self.num_channels} channels in dimension 1, "
                              f"got {x.shape[1]} (input shape {x.shape})")
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
         self._check_input(x)
-        y, mean, rstd = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, return_stats=True)
-        self._saved = {"x": x, "mean": mean, "rstd": rstd}
+        y, mean, rstd = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps, return_stats=True,
+                                     residual=residual, activation=self.activation)
+        self._saved = {"x": x, "mean": mean, "rstd": rstd, **self._epilogue_saved(y, residual)}
         return y
 
     def _backward(self, saved, dy):
         return F.group_norm_backward(dy, saved["x"], self.num_groups, saved["mean"], saved["rstd"],
-                                     self.weight, self.bias)
+                                     self.weight, self.bias, **self._epilogue_options(saved))
 
     def extra_repr(self):
         return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
-                f"bias={self.bias is not None}")
+                f"bias={self.bias is not None}" + self._epilogue_repr())

@@ -46,6 +46,9 @@ class _InstanceNorm(_NormWithRunningStats):
     dtype : np.float32 or np.float64
     bias : bool, keyword-only, default True
         With ``affine``, whether the learnable ``bias`` exists.
+    activation : None or "relu", keyword-only
+        The fused epilogue: ``layer(x, residual)`` returns ``activation(norm(x) + residual)``
+        from the pass that writes the output; backward sets ``grad_residual``.
 
     References
     ----------
@@ -56,8 +59,9 @@ class _InstanceNorm(_NormWithRunningStats):
     _batched_ndim = 0
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False,
-                 dtype=np.float32, *, bias=True):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias=bias)
+                 dtype=np.float32, *, bias=True, activation=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, bias=bias,
+                         activation=activation)
 
     def _channel_axis(self, x):
         return 0 if x.ndim == self._batched_ndim - 1 else 1
@@ -73,17 +77,21 @@ class _InstanceNorm(_NormWithRunningStats):
             return
         super()._check_input(x)
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
         self._check_input(x)
         unbatched = x.ndim == self._batched_ndim - 1
         xb = _add_batch(x) if unbatched else x
+        if unbatched and residual is not None:
+            v.check_residual(residual, x)  # against the input as given, before the batch axis is added
+            residual = _add_batch(residual)
         use_input_stats = self.training or not self.track_running_stats
         y, mean, rstd = F.instance_norm(
             xb, self.running_mean, self.running_var, self.weight, self.bias,
             use_input_stats=use_input_stats,
             momentum=0.0 if self.momentum is None else self.momentum,
-            eps=self.eps, return_stats=True)
-        self._saved = {"x": x, "mean": mean, "rstd": rstd, "use_input_stats": use_input_stats}
+            eps=self.eps, return_stats=True, residual=residual, activation=self.activation)
+        self._saved = {"x": x, "mean": mean, "rstd": rstd, "use_input_stats": use_input_stats,
+                       **self._epilogue_saved(y, residual)}
         return _drop_batch(y) if unbatched else y
 
     def _backward(self, saved, dy):
@@ -92,9 +100,12 @@ class _InstanceNorm(_NormWithRunningStats):
         if unbatched:
             v.check_dy(dy, x)  # against the input as given, before the batch axis is added
             x, dy = _add_batch(x), _add_batch(dy)
-        dx, dw, db = F.instance_norm_backward(dy, x, saved["mean"], saved["rstd"], self.weight, self.bias,
-                                              use_input_stats=saved["use_input_stats"])
-        return (_drop_batch(dx) if unbatched else dx), dw, db
+        grads = F.instance_norm_backward(dy, x, saved["mean"], saved["rstd"], self.weight, self.bias,
+                                         use_input_stats=saved["use_input_stats"], **self._epilogue_options(saved))
+        if not unbatched:
+            return grads
+        dx, dw, db, *dres = grads
+        return (_drop_batch(dx), dw, db, *(_drop_batch(d) for d in dres))
 
 
 class InstanceNorm1d(_InstanceNorm):

@@ -37,6 +37,12 @@ class LayerNorm(NormBase):
     mean is subtracted as a hi/lo pair, so float32 rows with mean 1e4 and std 1e-2
     normalize to within 1e-3 of float64.
 
+    ``layer(x, residual)`` is the skip form of a transformer block (ONNX Runtime's
+    SkipLayerNormalization): it returns ``(y, s)`` with ``s = x + residual`` written in the
+    read that takes its statistics and ``y`` its normalization; ``layer.backward(dy, dsum)``
+    then returns the gradient of ``s`` (of x and of the residual) with ``dsum``, the gradient
+    reaching ``s`` through the residual stream, added.
+
     References
     ----------
     J. L. Ba, J. R. Kiros and G. E. Hinton, "Layer Normalization", 2016. arXiv:1607.06450
@@ -50,15 +56,32 @@ class LayerNorm(NormBase):
         self._init_state(self.normalized_shape, weight=self.elementwise_affine,
                          bias=self.elementwise_affine and bool(bias))
 
-    def forward(self, x):
-        y, mean, rstd = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps,
-                                     return_stats=True)
-        self._saved = {"x": x, "mean": mean, "rstd": rstd}
-        return y
+    def forward(self, x, residual=None):
+        """``y``; with ``residual``, ``(y, s)``: ``s = x + residual`` normalized (the skip form),
+        written in the same pass."""
+        if residual is None:
+            y, mean, rstd = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps,
+                                         return_stats=True)
+            self._saved = {"x": x, "mean": mean, "rstd": rstd, "residual": False}
+            return y
+        y, s, mean, rstd = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps,
+                                        return_stats=True, residual=residual)
+        self._saved = {"x": s, "mean": mean, "rstd": rstd, "residual": True}
+        return y, s
 
-    def _backward(self, saved, dy):
-        return F.layer_norm_backward(dy, saved["x"], self.normalized_shape, saved["mean"], saved["rstd"],
-                                     self.weight, self.bias)
+    def backward(self, dy, dsum=None):
+        """Return the gradient of x (with a residual: of ``s``, so of x and of the residual alike,
+        also kept as ``grad_residual``); set ``grad_weight`` and ``grad_bias``.
+
+        ``dsum`` is a gradient reaching ``s`` from elsewhere (the residual stream that ``s``
+        continues); it is added to the result in the same pass. See :meth:`NormBase.backward`.
+        """
+        return self._run_backward(dy, dsum=dsum)
+
+    def _backward(self, saved, dy, dsum=None):
+        grads = F.layer_norm_backward(dy, saved["x"], self.normalized_shape, saved["mean"], saved["rstd"],
+                                      self.weight, self.bias, dsum=dsum)
+        return grads + grads[:1] if saved["residual"] else grads
 
     def extra_repr(self):
         return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
@@ -98,13 +121,25 @@ class RMSNorm(NormBase):
         self.elementwise_affine = bool(elementwise_affine)
         self._init_state(self.normalized_shape, weight=self.elementwise_affine)
 
-    def forward(self, x):
-        y, _, rstd = F.rms_norm(x, self.normalized_shape, self.weight, self.eps, return_stats=True)
-        self._saved = {"x": x, "rstd": rstd}
-        return y
+    def forward(self, x, residual=None):
+        """``y``; with ``residual``, ``(y, s)``: ``s = x + residual`` normalized (Liger's
+        FusedAddRMSNorm), written in the same pass."""
+        if residual is None:
+            y, _, rstd = F.rms_norm(x, self.normalized_shape, self.weight, self.eps, return_stats=True)
+            self._saved = {"x": x, "rstd": rstd, "residual": False}
+            return y
+        y, s, _, rstd = F.rms_norm(x, self.normalized_shape, self.weight, self.eps, return_stats=True,
+                                   residual=residual)
+        self._saved = {"x": s, "rstd": rstd, "residual": True}
+        return y, s
 
-    def _backward(self, saved, dy):
-        return F.rms_norm_backward(dy, saved["x"], self.normalized_shape, saved["rstd"], self.weight)
+    def backward(self, dy, dsum=None):
+        """As :meth:`LayerNorm.backward`: the gradient of x (of ``s`` with a residual), plus ``dsum``."""
+        return self._run_backward(dy, dsum=dsum)
+
+    def _backward(self, saved, dy, dsum=None):
+        grads = F.rms_norm_backward(dy, saved["x"], self.normalized_shape, saved["rstd"], self.weight, dsum=dsum)
+        return grads + grads[:1] if saved["residual"] else grads
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

@@ -5,7 +5,7 @@ Run as ``NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda`` (see conftest.py).
 
 import numpy as np
 import pytest
-from helpers import assert_close, channels_last
+from helpers import assert_close, channels_last, channels_last_device
 
 from numbanorm import functional as F
 
@@ -201,18 +201,6 @@ def test_float32_far_from_zero(cuda, rng, op):
     assert got.dtype == np.float32
     err = float(np.max(np.abs(got - expected)))
     assert err <= 1e-3, f"{op}: max error {err:.2e} vs float64"
-
-
-def channels_last_device(cuda, x):
-    """A device array of shape (N, C, H, W) viewing (N, H, W, C) device memory."""
-    mem = cuda.to_device(np.ascontiguousarray(np.moveaxis(x, 1, -1)))
-    try:
-        return mem.transpose((0, 3, 1, 2))  # the simulator's arrays transpose like NumPy's
-    except NotImplementedError:  # real device arrays transpose only in 2-D: build the view
-        from numba.cuda.cudadrv.devicearray import DeviceNDArray
-
-        view = np.moveaxis(np.empty(mem.shape, mem.dtype), -1, 1)
-        return DeviceNDArray(view.shape, view.strides, mem.dtype, gpu_data=mem.gpu_data)
 
 
 @pytest.mark.parametrize("op", ["batch_norm", "group_norm", "instance_norm"])

@@ -2,7 +2,7 @@
 
 The same modules, driver signatures and return conventions as :mod:`numbanorm.kernels.cuda`:
 
-``layout``        views that kernels run on (channels-first, channels-last, rows), ``output``/``finish``.
+``layout``        views that kernels run on (channels-first, channels-last, rows), ``Output``.
 ``arrays``        small-array helpers of the front end (casts, fills, host copies).
 ``moments``       the statistics primitive: float64 (count, mean, M2) of slices, blocks and
                   columns (a mean-square mode for RMSNorm) and Chan's merge.

@@ -16,6 +16,11 @@ Small planes (S under ``config.SMALL_PLANE``: a ResNet's 7x7 and 4x4 stages) wou
 every pass a loop of short rows, each too short to vectorize and ending in a merge: such
 input runs as a channels-last problem instead, the (N, C*S) rows read whole with one
 lane per (channel, position) column, and each channel's S columns merged at the end.
+
+The fused epilogue: the forward drivers take ``residual`` (a view like x3, or None) and
+``relu`` and apply them as y is written; the backward drivers take the forward's output
+``y3`` and write ReLU's masked gradient ``dy * (y3 > 0)`` to ``g3`` (dx3 when None) in the
+gradient-sums read, and dx is computed from it while it is in cache.
 """
 
 import numba
@@ -26,10 +31,18 @@ from ... import _memory, config
 from ._jit import cast_like, kernel
 from .channels import apply_dx_packed, channel_moments, normalize_packed
 from .channels import grad_sums as _grad_sums
-from .elementwise import dx_slice, normalize_slice, pack_channel_dx, pack_stats
+from .elementwise import (
+    dx_slice,
+    dx_slice_inplace,
+    epilogue_flag,
+    epilogue_slice,
+    normalize_slice,
+    pack_channel_dx,
+    pack_stats,
+)
 from .moments import chan_merge, merge, slice_moments
 from .params import param
-from .sums import slice_grad_sums
+from .sums import slice_grad_sums, slice_grad_sums_relu
 
 __all__ = ["moments", "normalize", "grad_sums", "apply_dx", "forward_train", "backward", "dweight"]
 
@@ -44,6 +57,10 @@ def _wide(layout, x3):
         n, c, s = x3.shape
         return x3.reshape(n, 1, c * s), s
     return None, 1
+
+
+def _like_wide(a, wide):
+    return None if a is None else a.reshape(wide.shape)
 
 
 def _columns(values, s):
@@ -63,11 +80,12 @@ def moments(layout, x3):
     return total[0], mean, m2
 
 
-def normalize(layout, x3, y3, mean, m2, count, weight, bias, eps):
+def normalize(layout, x3, y3, mean, m2, count, weight, bias, eps, residual=None, relu=False):
     """``y = (x - mean) * rstd * weight + bias`` with ``var = m2 / count``; return float64 (var, rstd).
 
     Batch moments come as ``(mean, M2, count)``, running statistics as
     ``(running_mean, running_var, 1)``; the per-channel params are packed in one kernel.
+    The epilogue ``relu(y + residual)`` (either part optional) is applied as y is written.
     """
     channels = _channels(layout, x3)
     q = _memory.empty((3, 1, channels), x3.dtype, work=x3.size)
@@ -77,20 +95,25 @@ def normalize(layout, x3, y3, mean, m2, count, weight, bias, eps):
                param(bias, channels, 0.0, x3.dtype), q, var, rstd)
     wide, s = _wide(layout, x3)
     if wide is None:
-        normalize_packed(layout, x3, y3, q)
+        normalize_packed(layout, x3, y3, q, residual, relu)
     else:
-        normalize_packed("cl", wide, y3.reshape(wide.shape), _columns(q, s))
+        normalize_packed("cl", wide, _like_wide(y3, wide), _columns(q, s), _like_wide(residual, wide), relu)
     return var, rstd
 
 
-def grad_sums(layout, x3, dy3, mean):
-    """Per-channel float64 ``(sum(dy), sum(dy * (x - mean)))``."""
+def grad_sums(layout, x3, dy3, mean, y3=None, g3=None):
+    """Per-channel float64 ``(sum(dy), sum(dy * (x - mean)))``.
+
+    With ``y3`` (the forward's output behind a ReLU), the sums of ``g = dy * (y3 > 0)``,
+    which is written to ``g3`` for :func:`apply_dx`.
+    """
     wide, s = _wide(layout, x3)
     if wide is None:
-        s_dy, s_dyx = _grad_sums(layout, x3, dy3, mean)
+        s_dy, s_dyx = _grad_sums(layout, x3, dy3, mean, y3, g3)
         return s_dy[0], s_dyx[0]
     c = x3.shape[1]
-    s_dy, s_dyx = _grad_sums("cl", wide, dy3.reshape(wide.shape), np.repeat(mean, s))
+    s_dy, s_dyx = _grad_sums("cl", wide, _like_wide(dy3, wide), np.repeat(mean, s), _like_wide(y3, wide),
+                             _like_wide(g3, wide))
     return s_dy.reshape(c, s).sum(axis=1), s_dyx.reshape(c, s).sum(axis=1)
 
 
@@ -100,6 +123,7 @@ def apply_dx(layout, x3, dy3, dx3, mean, rstd, weight, s_dy, s_dyx, count, use_i
     With ``xhat = (x - mean) * rstd``,
     ``dx = rstd * weight * (dy - mean(dy) - xhat * mean(dy * xhat))`` when the
     statistics came from the batch (``use_input_stats``), else ``rstd * weight * dy``.
+    ``dy3`` may be ``dx3`` itself (a masked gradient written there by :func:`grad_sums`).
     """
     channels = mean.size
     q = _memory.empty((5, 1, channels), work=x3.size)
@@ -110,17 +134,23 @@ def apply_dx(layout, x3, dy3, dx3, mean, rstd, weight, s_dy, s_dyx, count, use_i
     if wide is None:
         apply_dx_packed(layout, x3, dy3, dx3, q)
     else:
-        apply_dx_packed("cl", wide, dy3.reshape(wide.shape), dx3.reshape(wide.shape), _columns(q, s))
+        apply_dx_packed("cl", wide, _like_wide(dy3, wide), _like_wide(dx3, wide), _columns(q, s))
     return dw
 
 
+def dweight(s_dyx, rstd):
+    """float64 ``dweight = rstd * sum(dy * (x - mean))`` per channel."""
+    return s_dyx * rstd
+
+
 @kernel
-def channels_forward(x3, y3, weight, bias, eps, block, max_ratio, mean, m2, var, rstd):
+def channels_forward(x3, y3, weight, bias, eps, block, max_ratio, mean, m2, var, rstd, r3, relu):
     """Fused BatchNorm of contiguous (N, C, S) input, parallel over channels.
 
     Per channel: the moments of its N planes, Chan-merged in plane order (as
     :func:`channel_moments` merges them), then the planes normalized with
-    ``(x - hi) * scale + shift'`` while they are in cache. ``weight``/``bias`` are (C,)
+    ``(x - hi) * scale + shift'`` while they are in cache, with the epilogue (``relu`` not
+    None: ``+ r3`` unless None, then ReLU when ``relu``) in the same write. ``weight``/``bias`` are (C,)
     in x's dtype; float64 ``mean``, ``m2``, ``var``, ``rstd`` (C,) are filled.
     """
     n_samples, n_channels, _ = x3.shape
@@ -140,15 +170,22 @@ def channels_forward(x3, y3, weight, bias, eps, block, max_ratio, mean, m2, var,
         scale_x = cast_like(scale, x3)
         shift_x = cast_like(np.float64(bias[c]) - (mu - hi) * scale, x3)
         for n in range(n_samples):
-            normalize_slice(x3[n, c], y3[n, c], hi, scale_x, shift_x)
+            if relu is None:
+                normalize_slice(x3[n, c], y3[n, c], hi, scale_x, shift_x)
+            elif r3 is None:
+                epilogue_slice(x3[n, c], None, y3[n, c], hi, scale_x, shift_x, relu)
+            else:
+                epilogue_slice(x3[n, c], r3[n, c], y3[n, c], hi, scale_x, shift_x, relu)
 
 
 @kernel
-def channels_backward(x3, dy3, dx3, mean, rstd, weight, use_input_stats, s_dy, s_dyx):
+def channels_backward(x3, dy3, dx3, mean, rstd, weight, use_input_stats, s_dy, s_dyx, y3, g3):
     """Fused BatchNorm backward of contiguous (N, C, S) input, parallel over channels.
 
     Per channel: ``sum(dy)`` and ``sum(dy * (x - mean))`` over its N planes into
     float64 ``s_dy``/``s_dyx``, then dx of the planes while x and dy are in cache.
+    With ``y3`` (not None: a ReLU epilogue's output), ``dy`` is ``dy * (y3 > 0)``, written
+    to ``g3`` in the sums' read (to ``dx3`` when ``g3`` is None, and dx formed there in place).
     """
     n_samples, n_channels, length = x3.shape
     count = float(n_samples * length)
@@ -157,7 +194,12 @@ def channels_backward(x3, dy3, dx3, mean, rstd, weight, use_input_stats, s_dy, s
         a = 0.0
         b = 0.0
         for n in range(n_samples):
-            p, q = slice_grad_sums(x3[n, c], dy3[n, c], mu)
+            if y3 is None:
+                p, q = slice_grad_sums(x3[n, c], dy3[n, c], mu)
+            elif g3 is None:
+                p, q = slice_grad_sums_relu(x3[n, c], dy3[n, c], y3[n, c], dx3[n, c], mu)
+            else:
+                p, q = slice_grad_sums_relu(x3[n, c], dy3[n, c], y3[n, c], g3[n, c], mu)
             a += p
             b += q
         s_dy[c] = a
@@ -167,7 +209,12 @@ def channels_backward(x3, dy3, dx3, mean, rstd, weight, use_input_stats, s_dy, s
         coef = r * r * b / count if use_input_stats else 0.0
         scale = r * weight[c]
         for n in range(n_samples):
-            dx_slice(x3[n, c], dy3[n, c], dx3[n, c], mu, 1.0, mean_dy, coef, scale)
+            if y3 is None:
+                dx_slice(x3[n, c], dy3[n, c], dx3[n, c], mu, 1.0, mean_dy, coef, scale)
+            elif g3 is None:
+                dx_slice_inplace(x3[n, c], dx3[n, c], mu, 1.0, mean_dy, coef, scale)
+            else:
+                dx_slice(x3[n, c], g3[n, c], dx3[n, c], mu, 1.0, mean_dy, coef, scale)
 
 
 def _fused(layout, x3):
@@ -180,37 +227,40 @@ def _fused(layout, x3):
     return c >= 2 * threads and n * s * x3.itemsize <= config.FUSED_CHANNEL_BYTES
 
 
-def forward_train(layout, x3, y3, weight, bias, eps):
+def forward_train(layout, x3, y3, weight, bias, eps, residual=None, relu=False):
     """Normalize with batch statistics; return float64 ``(count, mean, M2, var, rstd)`` per channel.
 
-    :func:`moments` then :func:`normalize`, fused into one pass per channel where the
-    layout allows.
+    :func:`moments` then :func:`normalize` (with the epilogue ``relu(y + residual)`` when
+    asked), fused into one pass per channel where the layout allows.
     """
     if not _fused(layout, x3):
         count, mean, m2 = moments(layout, x3)
-        var, rstd = normalize(layout, x3, y3, mean, m2, count, weight, bias, eps)
+        var, rstd = normalize(layout, x3, y3, mean, m2, count, weight, bias, eps, residual, relu)
         return count, mean, m2, var, rstd
     n, c, s = x3.shape
     mean, m2, var, rstd = (np.empty(c) for _ in range(4))
     channels_forward(x3.size, x3, y3, param(weight, c, 1.0, x3.dtype), param(bias, c, 0.0, x3.dtype), eps,
-                     config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, mean, m2, var, rstd)
+                     config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, mean, m2, var, rstd, residual,
+                     epilogue_flag(residual, relu))
     return float(n * s), mean, m2, var, rstd
 
 
-def backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats):
+def backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats, y3=None, g3=None):
     """Fill ``dx3``; return float64 (dweight, dbias): :func:`grad_sums` then :func:`apply_dx`,
-    fused into one pass per channel where the layout allows."""
+    fused into one pass per channel where the layout allows.
+
+    With ``y3`` (the output of a ReLU epilogue) the gradient is ``g = dy * (y3 > 0)``, written
+    to ``g3`` (the residual's gradient; ``dx3`` when None) by the sums' read and read back by dx's.
+    """
     if not _fused(layout, x3):
-        s_dy, s_dyx = grad_sums(layout, x3, dy3, mean)
+        if y3 is not None:
+            g3 = dx3 if g3 is None else g3
+        s_dy, s_dyx = grad_sums(layout, x3, dy3, mean, y3, g3)
         count = x3.size // _channels(layout, x3)
-        return apply_dx(layout, x3, dy3, dx3, mean, rstd, weight, s_dy, s_dyx, count, use_input_stats), s_dy
+        return apply_dx(layout, x3, dy3 if y3 is None else g3, dx3, mean, rstd, weight, s_dy, s_dyx, count,
+                        use_input_stats), s_dy
     c = x3.shape[1]
     s_dy, s_dyx = np.empty(c), np.empty(c)
     channels_backward(x3.size, x3, dy3, dx3, np.ascontiguousarray(mean), np.ascontiguousarray(rstd),
-                      param(weight, c, 1.0, x3.dtype), bool(use_input_stats), s_dy, s_dyx)
+                      param(weight, c, 1.0, x3.dtype), bool(use_input_stats), s_dy, s_dyx, y3, g3)
     return dweight(s_dyx, rstd), s_dy
-
-
-def dweight(s_dyx, rstd):
-    """float64 ``dweight = rstd * sum(dy * (x - mean))`` per channel."""
-    return s_dyx * rstd

@@ -18,6 +18,15 @@ A group of one element (LayerNorm over one value) then gives exactly
 ``g - g = 0``: the dx helpers are compiled with ``config.FASTMATH_DX``, without
 ``contract``, which would fuse ``a * dy - b`` into one multiply-add that keeps the
 product's rounding error.
+
+Fused epilogue (``act(norm(x) + residual)``, cuDNN's BN_ADD_ACTIVATION): the ``epilogue_*``
+loops add the residual and apply ReLU to each value as it is normalized, in x's dtype and in
+that order, so ``y`` is what the separate passes would store, from one write. Backward takes
+ReLU's mask from the saved output: the gradient sums (:mod:`numbanorm.kernels.cpu.sums`) write
+``g = dy * (y > 0)`` where it is needed, and the ``dx_*_inplace`` loops turn a buffer holding
+``g`` into dx (a loop that reads and writes one array at the same index vectorizes; the same
+loop through two names of one array does not, as LLVM cannot rule out other overlaps).
+ReLU is written ``0 if v < 0 else v``: NaN propagates as in PyTorch.
 """
 
 import numpy as np
@@ -29,15 +38,23 @@ __all__ = [
     "normalize_slice",
     "normalize_slice_affine",
     "normalize_cols",
+    "epilogue_slice",
+    "epilogue_slice_affine",
+    "epilogue_cols",
     "dx_slice",
     "dx_slice_affine",
     "dx_cols",
+    "dx_slice_inplace",
+    "dx_slice_affine_inplace",
+    "dx_cols_inplace",
+    "dx_slice_affine_sum",
     "store_affine",
     "pack_affine",
     "pack_stats",
     "update_running",
     "pack_dx",
     "pack_channel_dx",
+    "epilogue_flag",
     "normalize_rows",
     "dx_rows",
     "normalize_planes",
@@ -70,6 +87,63 @@ def normalize_cols(x2, y2, mean_hi, scale, shift):
         yr = y2[i]
         for c in range(xr.size):
             yr[c] = (xr[c] - mean_hi[c]) * scale[c] + shift[c]
+
+
+@elementwise_helper
+def epilogue_slice(x, r, y, mean_hi, scale, shift, relu):
+    """:func:`normalize_slice`, then ``+ r`` (a 1-D slice, or None) and ReLU (``relu``), per value."""
+    zero = cast_like(0.0, y)
+    if relu:
+        for i in range(x.size):
+            v = (x[i] - mean_hi) * scale + shift
+            if r is not None:
+                v = v + r[i]
+            y[i] = zero if v < zero else v
+    else:
+        for i in range(x.size):
+            v = (x[i] - mean_hi) * scale + shift
+            if r is not None:
+                v = v + r[i]
+            y[i] = v
+
+
+@elementwise_helper
+def epilogue_slice_affine(x, r, y, mean_hi, rstd, shift, weight, bias, relu):
+    """:func:`normalize_slice_affine`, then ``+ r`` (a 1-D slice, or None) and ReLU (``relu``)."""
+    zero = cast_like(0.0, y)
+    if relu:
+        for i in range(x.size):
+            v = ((x[i] - mean_hi) * rstd + shift) * weight[i] + bias[i]
+            if r is not None:
+                v = v + r[i]
+            y[i] = zero if v < zero else v
+    else:
+        for i in range(x.size):
+            v = ((x[i] - mean_hi) * rstd + shift) * weight[i] + bias[i]
+            if r is not None:
+                v = v + r[i]
+            y[i] = v
+
+
+@elementwise_helper
+def epilogue_cols(x2, r2, y2, mean_hi, scale, shift, relu):
+    """:func:`normalize_cols`, then ``+ r`` (a (rows, C) block, or None) and ReLU (``relu``)."""
+    zero = cast_like(0.0, y2)
+    for i in range(x2.shape[0]):
+        xr = x2[i]
+        yr = y2[i]
+        if relu:
+            for c in range(xr.size):
+                v = (xr[c] - mean_hi[c]) * scale[c] + shift[c]
+                if r2 is not None:
+                    v = v + r2[i, c]
+                yr[c] = zero if v < zero else v
+        else:
+            for c in range(xr.size):
+                v = (xr[c] - mean_hi[c]) * scale[c] + shift[c]
+                if r2 is not None:
+                    v = v + r2[i, c]
+                yr[c] = v
 
 
 @elementwise_helper
@@ -126,21 +200,41 @@ def update_running(running_mean, running_var, mean, var, momentum, unbias):
         running_var[c] = (1.0 - momentum) * np.float64(running_var[c]) + momentum * (s_var / planes * unbias)
 
 
+def epilogue_flag(residual, relu):
+    """The kernels' ``relu`` argument: None without an epilogue, else whether ReLU follows the add.
+
+    None is a type of its own to Numba, so a kernel's ``relu is None`` branch is resolved when
+    it is compiled: the build without an epilogue holds the plain loops alone, as before the
+    epilogue existed.
+    """
+    return None if residual is None and not relu else bool(relu)
+
+
 @kernel
-def normalize_rows(x3, y3, q):
-    """Channels-first pass: each (n, c) row of a (N, C, S) array, params ``q`` (3, P, C), P in {1, N}."""
+def normalize_rows(x3, y3, q, r3, relu):
+    """Channels-first pass: each (n, c) row of a (N, C, S) array, params ``q`` (3, P, C), P in {1, N}.
+
+    The epilogue (``relu`` not None, see :func:`epilogue_flag`): ``r3`` (like ``x3``, or None)
+    added and ReLU applied when ``relu``, as each value is written.
+    """
     n_samples, n_channels, _ = x3.shape
     per_sample = q.shape[1] > 1
     for r in prange(n_samples * n_channels):
         n = r // n_channels
         c = r - n * n_channels
         p = n if per_sample else 0
-        normalize_slice(x3[n, c], y3[n, c], q[0, p, c], q[1, p, c], q[2, p, c])
+        if relu is None:
+            normalize_slice(x3[n, c], y3[n, c], q[0, p, c], q[1, p, c], q[2, p, c])
+        elif r3 is None:
+            epilogue_slice(x3[n, c], None, y3[n, c], q[0, p, c], q[1, p, c], q[2, p, c], relu)
+        else:
+            epilogue_slice(x3[n, c], r3[n, c], y3[n, c], q[0, p, c], q[1, p, c], q[2, p, c], relu)
 
 
 @kernel
-def normalize_planes(x3, y3, q, rows_per_chunk, nchunks):
-    """Channels-last pass over (B, R, C) arrays, plane b with params ``q[:, b]`` (or ``q[:, 0]``)."""
+def normalize_planes(x3, y3, q, rows_per_chunk, nchunks, r3, relu):
+    """Channels-last pass over (B, R, C) arrays, plane b with params ``q[:, b]`` (or ``q[:, 0]``);
+    the epilogue (``r3``, ``relu``) as in :func:`normalize_rows`."""
     n_planes, n_rows, _ = x3.shape
     per_plane = q.shape[1] > 1
     for item in prange(n_planes * nchunks):
@@ -148,7 +242,12 @@ def normalize_planes(x3, y3, q, rows_per_chunk, nchunks):
         lo = (item - b * nchunks) * rows_per_chunk
         hi = min(lo + rows_per_chunk, n_rows)
         p = b if per_plane else 0
-        normalize_cols(x3[b, lo:hi], y3[b, lo:hi], q[0, p], q[1, p], q[2, p])
+        if relu is None:
+            normalize_cols(x3[b, lo:hi], y3[b, lo:hi], q[0, p], q[1, p], q[2, p])
+        elif r3 is None:
+            epilogue_cols(x3[b, lo:hi], None, y3[b, lo:hi], q[0, p], q[1, p], q[2, p], relu)
+        else:
+            epilogue_cols(x3[b, lo:hi], r3[b, lo:hi], y3[b, lo:hi], q[0, p], q[1, p], q[2, p], relu)
 
 
 @dx_helper
@@ -191,6 +290,48 @@ def dx_cols(x2, dy2, dx2, m, a, b, c, s):
             dxr[j] = s[j] * ((a[j] * np.float64(dyr[j]) - b[j]) - (np.float64(xr[j]) - m[j]) * c[j])
 
 
+@dx_helper
+def dx_slice_inplace(x, g, m, a, b, c, s):
+    """:func:`dx_slice` with ``dy`` read from ``g``, which receives dx."""
+    for i in range(x.size):
+        g[i] = s * ((a * np.float64(g[i]) - b) - (np.float64(x[i]) - m) * c)
+
+
+@dx_helper
+def dx_slice_affine_inplace(x, g, m, weight, b, c, s):
+    """:func:`dx_slice_affine` with ``dy`` read from ``g``, which receives dx."""
+    for i in range(x.size):
+        g[i] = s * ((np.float64(weight[i]) * np.float64(g[i]) - b) - (np.float64(x[i]) - m) * c)
+
+
+@dx_helper
+def dx_slice_affine_sum(x, dy, dsum, dx, m, weight, b, c, s):
+    """:func:`dx_slice_affine` plus ``dsum`` (a gradient reaching x by another path), in float64,
+    rounded once (LayerNorm's skip form: the gradient of ``x + residual``)."""
+    for i in range(x.size):
+        bracket = (np.float64(weight[i]) * np.float64(dy[i]) - b) - (np.float64(x[i]) - m) * c
+        dx[i] = s * bracket + np.float64(dsum[i])
+
+
+@dx_helper
+def dx_cols_inplace(x2, g2, m, a, b, c, s):
+    """:func:`dx_cols` with ``dy`` read from ``g2``, which receives dx (the same half-and-half sweep)."""
+    rows = x2.shape[0]
+    half = rows // 2
+    xa, xb, ga, gb = x2[:half], x2[half:2 * half], g2[:half], g2[half:2 * half]
+    for i in range(half):
+        x0, x1, g0, g1 = xa[i], xb[i], ga[i], gb[i]
+        for j in range(x0.size):
+            mj, aj, bj, cj, sj = m[j], a[j], b[j], c[j], s[j]
+            g0[j] = sj * ((aj * np.float64(g0[j]) - bj) - (np.float64(x0[j]) - mj) * cj)
+            g1[j] = sj * ((aj * np.float64(g1[j]) - bj) - (np.float64(x1[j]) - mj) * cj)
+    for i in range(2 * half, rows):
+        xr = x2[i]
+        gr = g2[i]
+        for j in range(xr.size):
+            gr[j] = s[j] * ((a[j] * np.float64(gr[j]) - b[j]) - (np.float64(xr[j]) - m[j]) * c[j])
+
+
 @elementwise_helper
 def pack_dx(m, a, b, c, s, q):
     """Fill float64 ``q`` (5, P, C) with the dx coefficients (m, a, b, c, s) from (P, C) arrays."""
@@ -225,19 +366,27 @@ def pack_channel_dx(mean, rstd, weight, s_dy, s_dyx, count, use_input_stats, q, 
 
 @kernel
 def dx_rows(x3, dy3, dx3, q):
-    """Channels-first dx: each (n, c) row of (N, C, S) arrays, float64 coefficients ``q`` (5, P, C)."""
+    """Channels-first dx: each (n, c) row of (N, C, S) arrays, float64 coefficients ``q`` (5, P, C).
+
+    ``dy3`` None: dy is read from ``dx3`` (ReLU's masked gradient written there), in place.
+    """
     n_samples, n_channels, _ = x3.shape
     per_sample = q.shape[1] > 1
     for r in prange(n_samples * n_channels):
         n = r // n_channels
         c = r - n * n_channels
         p = n if per_sample else 0
-        dx_slice(x3[n, c], dy3[n, c], dx3[n, c], q[0, p, c], q[1, p, c], q[2, p, c], q[3, p, c], q[4, p, c])
+        if dy3 is None:
+            dx_slice_inplace(x3[n, c], dx3[n, c], q[0, p, c], q[1, p, c], q[2, p, c], q[3, p, c], q[4, p, c])
+        else:
+            dx_slice(x3[n, c], dy3[n, c], dx3[n, c], q[0, p, c], q[1, p, c], q[2, p, c], q[3, p, c],
+                     q[4, p, c])
 
 
 @kernel
 def dx_planes(x3, dy3, dx3, q, rows_per_chunk, nchunks):
-    """Channels-last dx over (B, R, C) arrays, plane b with coefficients ``q[:, b]`` (or ``q[:, 0]``)."""
+    """Channels-last dx over (B, R, C) arrays, plane b with coefficients ``q[:, b]`` (or ``q[:, 0]``);
+    ``dy3`` None: in place, as in :func:`dx_rows`."""
     n_planes, n_rows, _ = x3.shape
     per_plane = q.shape[1] > 1
     for item in prange(n_planes * nchunks):
@@ -245,4 +394,7 @@ def dx_planes(x3, dy3, dx3, q, rows_per_chunk, nchunks):
         lo = (item - b * nchunks) * rows_per_chunk
         hi = min(lo + rows_per_chunk, n_rows)
         p = b if per_plane else 0
-        dx_cols(x3[b, lo:hi], dy3[b, lo:hi], dx3[b, lo:hi], q[0, p], q[1, p], q[2, p], q[3, p], q[4, p])
+        if dy3 is None:
+            dx_cols_inplace(x3[b, lo:hi], dx3[b, lo:hi], q[0, p], q[1, p], q[2, p], q[3, p], q[4, p])
+        else:
+            dx_cols(x3[b, lo:hi], dy3[b, lo:hi], dx3[b, lo:hi], q[0, p], q[1, p], q[2, p], q[3, p], q[4, p])

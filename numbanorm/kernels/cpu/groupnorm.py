@@ -10,6 +10,10 @@ across a group's channels. With at least one sample per thread, one fused pass p
 sample plane computes the moments and writes the output while the plane is in cache;
 otherwise the shared channel passes parallelize over row chunks. Neither path uses
 sums of squares.
+
+The fused epilogue (``relu(y + residual)``) is applied as each segment or plane is written;
+backward writes ReLU's masked gradient ``dy * (y > 0)`` in the sums' read (to the residual's
+gradient, or to dx as scratch) and forms dx from it while the block or plane is in cache.
 """
 
 import numba
@@ -21,8 +25,15 @@ from ._jit import cast_like, kernel
 from .channels import apply_dx, grad_sums, instance_moments, normalize
 from .elementwise import (
     dx_cols,
+    dx_cols_inplace,
     dx_slice,
     dx_slice_affine,
+    dx_slice_affine_inplace,
+    dx_slice_inplace,
+    epilogue_cols,
+    epilogue_flag,
+    epilogue_slice,
+    epilogue_slice_affine,
     normalize_cols,
     normalize_slice,
     normalize_slice_affine,
@@ -30,7 +41,14 @@ from .elementwise import (
 )
 from .moments import cols_range_moments, merge, merge_range, slice_moments
 from .params import param
-from .sums import cols_block_grad_sums, slice_grad_sums, slice_weighted_grad_sums
+from .sums import (
+    cols_block_grad_sums,
+    cols_block_grad_sums_relu,
+    slice_grad_sums,
+    slice_grad_sums_relu,
+    slice_weighted_grad_sums,
+    slice_weighted_grad_sums_relu,
+)
 
 __all__ = [
     "group_moments",
@@ -44,10 +62,12 @@ __all__ = [
 
 
 @kernel
-def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_ratio, mean, var, rstd):
+def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_ratio, mean, var, rstd, r2, relu):
     """Fused GroupNorm of contiguous (N*G, C/G*S) blocks: moments, then each channel's segment.
 
     ``weight`` and ``bias`` are float64 (C,), ``weight_x`` and ``bias_x`` their x-dtype copies.
+    The epilogue (``relu`` not None: ``+ r2`` unless None, then ReLU when ``relu``) is applied
+    as y is written.
     """
     n_blocks, width = x2.shape
     per_group = width // seg
@@ -65,24 +85,40 @@ def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_
         first = (r % groups) * per_group
         if seg == 1:
             # (N, C) input: one value per channel, per-element weight and bias.
-            normalize_slice_affine(xr, yr, hi, cast_like(inv, xr), cast_like(-lo_part * inv, xr),
-                                   weight_x[first:first + per_group], bias_x[first:first + per_group])
+            w = weight_x[first:first + per_group]
+            b = bias_x[first:first + per_group]
+            inv_x = cast_like(inv, xr)
+            shift_x = cast_like(-lo_part * inv, xr)
+            if relu is None:
+                normalize_slice_affine(xr, yr, hi, inv_x, shift_x, w, b)
+            elif r2 is None:
+                epilogue_slice_affine(xr, None, yr, hi, inv_x, shift_x, w, b, relu)
+            else:
+                epilogue_slice_affine(xr, r2[r], yr, hi, inv_x, shift_x, w, b, relu)
             continue
         for j in range(per_group):
             scale = inv * weight[first + j]
             lo = j * seg
-            normalize_slice(xr[lo:lo + seg], yr[lo:lo + seg], hi, cast_like(scale, xr),
-                            cast_like(bias[first + j] - lo_part * scale, xr))
+            scale_x = cast_like(scale, xr)
+            shift_x = cast_like(bias[first + j] - lo_part * scale, xr)
+            if relu is None:
+                normalize_slice(xr[lo:lo + seg], yr[lo:lo + seg], hi, scale_x, shift_x)
+            elif r2 is None:
+                epilogue_slice(xr[lo:lo + seg], None, yr[lo:lo + seg], hi, scale_x, shift_x, relu)
+            else:
+                epilogue_slice(xr[lo:lo + seg], r2[r, lo:lo + seg], yr[lo:lo + seg], hi, scale_x, shift_x, relu)
 
 
 @kernel
-def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, use_input_stats, s_dy, s_dyx):
+def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, use_input_stats, s_dy, s_dyx, y2, g2):
     """Fused GroupNorm backward of contiguous (N*G, C/G*S) blocks.
 
     Per block: per-channel ``sum(dy)`` and ``sum(dy * (x - mean))`` into ``s_dy``/``s_dyx``
     (N*G, C/G), then dx of the block while it is in cache,
     ``rstd * ((w_c * dy - mean(g)) - (x - mean) * rstd**2 * mean(g * (x - mean)))`` with
     ``g = w_c * dy`` over the block. ``weight`` is float64 (C,), ``weight_x`` its x-dtype copy.
+    With ``y2`` (not None: a ReLU epilogue's output), ``dy`` is ``dy * (y2 > 0)``, written to
+    ``g2`` in the sums' read (to ``dx2`` when ``g2`` is None, and dx formed there in place).
     """
     n_blocks, width = x2.shape
     per_group = width // seg
@@ -99,16 +135,33 @@ def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, use_input_s
             w = weight_x[first:first + per_group]
             s_dy[r] = 0.0
             s_dyx[r] = 0.0
-            s_g, s_gx = slice_weighted_grad_sums(xr, dyr, w, mu, 1.0, s_dyx[r], s_dy[r])
+            if y2 is None:
+                s_g, s_gx = slice_weighted_grad_sums(xr, dyr, w, mu, 1.0, s_dyx[r], s_dy[r])
+            elif g2 is None:
+                s_g, s_gx = slice_weighted_grad_sums_relu(xr, dyr, y2[r], dxr, w, mu, 1.0, s_dyx[r], s_dy[r])
+            else:
+                s_g, s_gx = slice_weighted_grad_sums_relu(xr, dyr, y2[r], g2[r], w, mu, 1.0, s_dyx[r], s_dy[r])
             b = s_g / width if use_input_stats else 0.0
             c = inv * inv * s_gx / width if use_input_stats else 0.0
-            dx_slice_affine(xr, dyr, dxr, mu, w, b, c, inv)
+            if y2 is None:
+                dx_slice_affine(xr, dyr, dxr, mu, w, b, c, inv)
+            elif g2 is None:
+                dx_slice_affine_inplace(xr, dxr, mu, w, b, c, inv)
+            else:
+                dx_slice_affine(xr, g2[r], dxr, mu, w, b, c, inv)
             continue
         s_g = 0.0
         s_gx = 0.0
         for j in range(per_group):
             lo = j * seg
-            a, b = slice_grad_sums(xr[lo:lo + seg], dyr[lo:lo + seg], mu)
+            if y2 is None:
+                a, b = slice_grad_sums(xr[lo:lo + seg], dyr[lo:lo + seg], mu)
+            elif g2 is None:
+                a, b = slice_grad_sums_relu(xr[lo:lo + seg], dyr[lo:lo + seg], y2[r, lo:lo + seg],
+                                            dxr[lo:lo + seg], mu)
+            else:
+                a, b = slice_grad_sums_relu(xr[lo:lo + seg], dyr[lo:lo + seg], y2[r, lo:lo + seg],
+                                            g2[r, lo:lo + seg], mu)
             s_dy[r, j] = a
             s_dyx[r, j] = b
             s_g += weight[first + j] * a
@@ -117,7 +170,12 @@ def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, use_input_s
         c = inv * inv * s_gx / width if use_input_stats else 0.0
         for j in range(per_group):
             lo = j * seg
-            dx_slice(xr[lo:lo + seg], dyr[lo:lo + seg], dxr[lo:lo + seg], mu, weight[first + j], b, c, inv)
+            if y2 is None:
+                dx_slice(xr[lo:lo + seg], dyr[lo:lo + seg], dxr[lo:lo + seg], mu, weight[first + j], b, c, inv)
+            elif g2 is None:
+                dx_slice_inplace(xr[lo:lo + seg], dxr[lo:lo + seg], mu, weight[first + j], b, c, inv)
+            else:
+                dx_slice(xr[lo:lo + seg], g2[r, lo:lo + seg], dxr[lo:lo + seg], mu, weight[first + j], b, c, inv)
 
 
 def group_moments(layout, x3, groups):
@@ -137,19 +195,21 @@ def _per_channel(values, channels):
     return np.repeat(values, channels // values.shape[1], axis=1)
 
 
-def normalize_groups(layout, x3, y3, mean, rstd, weight, bias):
-    """``y = (x - mean_g) * rstd_g * weight_c + bias_c`` for (N, G) statistics."""
+def normalize_groups(layout, x3, y3, mean, rstd, weight, bias, residual=None, relu=False):
+    """``y = (x - mean_g) * rstd_g * weight_c + bias_c`` for (N, G) statistics (then the epilogue)."""
     channels = x3.shape[1] if layout == "cf" else x3.shape[2]
-    normalize(layout, x3, y3, _per_channel(mean, channels), _per_channel(rstd, channels), weight, bias)
+    normalize(layout, x3, y3, _per_channel(mean, channels), _per_channel(rstd, channels), weight, bias,
+              residual, relu)
 
 
 @kernel
-def planes_forward(x3, y3, groups, weight, bias, eps, planes_per_item, mean, var, rstd, params, cols):
+def planes_forward(x3, y3, groups, weight, bias, eps, planes_per_item, mean, var, rstd, params, cols, r3, relu):
     """Fused GroupNorm of channels-last (N, S, C) planes, parallel over runs of samples.
 
     Per plane: column moments (lane-wise Welford), Chan-merged over each group's
     channels, then plane n is normalized with per-channel (hi, scale, shift)
-    rows ``params[:, n]`` of ``params`` (3, N, C), in x's dtype. ``weight`` and ``bias`` are float64 (C,);
+    rows ``params[:, n]`` of ``params`` (3, N, C), in x's dtype, with the epilogue (``relu``
+    not None: ``+ r3`` unless None, then ReLU when ``relu``). ``weight`` and ``bias`` are float64 (C,);
     ``cols`` (work items, 4, C) float64 is each work item's scratch.
     """
     n_planes, _, n_ch = x3.shape
@@ -169,17 +229,24 @@ def planes_forward(x3, y3, groups, weight, bias, eps, planes_per_item, mean, var
                 rstd[n, g] = inv
                 for c in range(g * per_group, (g + 1) * per_group):
                     store_affine(params, n, c, mu, inv * weight[c], bias[c])
-            normalize_cols(xp, y3[n], params[0, n], params[1, n], params[2, n])
+            if relu is None:
+                normalize_cols(xp, y3[n], params[0, n], params[1, n], params[2, n])
+            elif r3 is None:
+                epilogue_cols(xp, None, y3[n], params[0, n], params[1, n], params[2, n], relu)
+            else:
+                epilogue_cols(xp, r3[n], y3[n], params[0, n], params[1, n], params[2, n], relu)
 
 
 @kernel
-def planes_backward(x3, dy3, dx3, weight, mean, rstd, use_input_stats, planes_per_item, s_dy, s_dyx, params, cols):
+def planes_backward(x3, dy3, dx3, weight, mean, rstd, use_input_stats, planes_per_item, s_dy, s_dyx, params, cols,
+                    y3, g3):
     """Fused GroupNorm backward of channels-last (N, S, C) planes, parallel over runs of samples.
 
     Per plane: per-channel gradient sums into ``s_dy``/``s_dyx`` (N, C), per-group
     coefficients, then dx of plane n with per-channel float64 (m, a, b, c, s) rows
     ``params[:, n]`` of ``params`` (5, N, C); ``cols`` (work items, C) float64 is each
-    work item's scratch.
+    work item's scratch. With ``y3`` (not None), ReLU's masked gradient as in
+    :func:`blocks_backward`.
     """
     n_planes, n_rows, n_ch = x3.shape
     groups = mean.shape[1]
@@ -193,7 +260,12 @@ def planes_backward(x3, dy3, dx3, weight, mean, rstd, use_input_stats, planes_pe
                 col_mean[c] = mean[n, c // per_group]
             s_dy[n] = 0.0
             s_dyx[n] = 0.0
-            cols_block_grad_sums(x3[n], dy3[n], col_mean, s_dy[n], s_dyx[n])
+            if y3 is None:
+                cols_block_grad_sums(x3[n], dy3[n], col_mean, s_dy[n], s_dyx[n])
+            elif g3 is None:
+                cols_block_grad_sums_relu(x3[n], dy3[n], y3[n], dx3[n], col_mean, s_dy[n], s_dyx[n])
+            else:
+                cols_block_grad_sums_relu(x3[n], dy3[n], y3[n], g3[n], col_mean, s_dy[n], s_dyx[n])
             for g in range(groups):
                 inv = rstd[n, g]
                 s_g = 0.0
@@ -209,7 +281,13 @@ def planes_backward(x3, dy3, dx3, weight, mean, rstd, use_input_stats, planes_pe
                     params[2, n, c] = b
                     params[3, n, c] = cc
                     params[4, n, c] = inv
-            dx_cols(x3[n], dy3[n], dx3[n], params[0, n], params[1, n], params[2, n], params[3, n], params[4, n])
+            q0, q1, q2, q3, q4 = params[0, n], params[1, n], params[2, n], params[3, n], params[4, n]
+            if y3 is None:
+                dx_cols(x3[n], dy3[n], dx3[n], q0, q1, q2, q3, q4)
+            elif g3 is None:
+                dx_cols_inplace(x3[n], dx3[n], q0, q1, q2, q3, q4)
+            else:
+                dx_cols(x3[n], g3[n], dx3[n], q0, q1, q2, q3, q4)
 
 
 def _planes_per_item(n_planes):
@@ -228,8 +306,12 @@ def _blocks(x3, groups):
     return x3.reshape(n * groups, (c // groups) * s)
 
 
-def forward(layout, x3, y3, groups, weight, bias, eps):
-    """Normalize with per-(sample, group) statistics; return (count, mean, var, rstd), (N, G) float64."""
+def forward(layout, x3, y3, groups, weight, bias, eps, residual=None, relu=False):
+    """Normalize with per-(sample, group) statistics; return (count, mean, var, rstd), (N, G) float64.
+
+    The epilogue ``relu(y + residual)`` (``residual`` a view like x3, or None) is applied as y
+    is written.
+    """
     channels = x3.shape[1] if layout == "cf" else x3.shape[2]
     w = param(weight, channels, 1.0)
     b = param(bias, channels, 0.0)
@@ -237,9 +319,10 @@ def forward(layout, x3, y3, groups, weight, bias, eps):
         n, c, s = x3.shape
         x2, y2 = _blocks(x3, groups), _blocks(y3, groups)
         mean, var, rstd = (np.empty((n, groups)) for _ in range(3))
+        r2 = None if residual is None else _blocks(residual, groups)
         blocks_forward(x2.size, x2, y2, s, w, param(weight, c, 1.0, x3.dtype), b, param(bias, c, 0.0, x3.dtype),
                        eps, config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, mean.reshape(-1), var.reshape(-1),
-                       rstd.reshape(-1))
+                       rstd.reshape(-1), r2, epilogue_flag(residual, relu))
         return float(x2.shape[1]), mean, var, rstd
     n, s, c = x3.shape
     if _fused_planes(x3):
@@ -247,20 +330,22 @@ def forward(layout, x3, y3, groups, weight, bias, eps):
         params = _memory.empty((3, n, c), x3.dtype, work=x3.size)
         per_item = _planes_per_item(n)
         cols = _memory.empty((-(-n // per_item), 4, c), work=x3.size)
-        planes_forward(x3.size, x3, y3, groups, w, b, eps, per_item, mean, var, rstd, params, cols)
+        planes_forward(x3.size, x3, y3, groups, w, b, eps, per_item, mean, var, rstd, params, cols, residual,
+                       epilogue_flag(residual, relu))
         return float(s * (c // groups)), mean, var, rstd
     count, mean, var = group_moments(layout, x3, groups)
     rstd = 1.0 / np.sqrt(var + eps)
-    normalize_groups(layout, x3, y3, mean, rstd, weight, bias)
+    normalize_groups(layout, x3, y3, mean, rstd, weight, bias, residual, relu)
     return count, mean, var, rstd
 
 
-def backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats):
+def backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats, y3=None, g3=None):
     """Fill ``dx3``; return float64 per-channel (dweight, dbias).
 
     For a group of m values with :math:`\\hat x = (x - \\mu)\\,r` and :math:`g = dy \\cdot w_c`:
     ``dx = r * (g - mean(g) - xhat * mean(g * xhat))``; without ``use_input_stats`` (fixed
-    statistics, e.g. running ones) only ``r * g``.
+    statistics, e.g. running ones) only ``r * g``. With ``y3`` (the output of a ReLU
+    epilogue) dy is ``dy * (y3 > 0)``, written to ``g3`` (``dx3`` when None) in the sums' read.
     """
     channels = x3.shape[1] if layout == "cf" else x3.shape[2]
     n, groups = mean.shape
@@ -270,9 +355,11 @@ def backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats):
         x2, dy2, dx2 = _blocks(x3, groups), _blocks(dy3, groups), _blocks(dx3, groups)
         s_dy = np.empty((x2.shape[0], per_group))
         s_dyx = np.empty((x2.shape[0], per_group))
+        y2 = None if y3 is None else _blocks(y3, groups)
+        g2 = None if g3 is None else _blocks(g3, groups)
         blocks_backward(x2.size, x2, dy2, dx2, x3.shape[2], w, param(weight, channels, 1.0, x3.dtype),
                         np.ascontiguousarray(mean.reshape(-1)), np.ascontiguousarray(rstd.reshape(-1)),
-                        bool(use_input_stats), s_dy, s_dyx)
+                        bool(use_input_stats), s_dy, s_dyx, y2, g2)
         s_dy, s_dyx = s_dy.reshape(n, channels), s_dyx.reshape(n, channels)
         return (s_dyx * _per_channel(rstd, channels)).sum(axis=0), s_dy.sum(axis=0)
     if _fused_planes(x3):
@@ -282,10 +369,14 @@ def backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats):
         per_item = _planes_per_item(n)
         cols = _memory.empty((-(-n // per_item), channels), work=x3.size)
         planes_backward(x3.size, x3, dy3, dx3, w, np.ascontiguousarray(mean), np.ascontiguousarray(rstd),
-                        bool(use_input_stats), per_item, s_dy, s_dyx, params, cols)
+                        bool(use_input_stats), per_item, s_dy, s_dyx, params, cols, y3, g3)
         return (s_dyx * _per_channel(rstd, channels)).sum(axis=0), s_dy.sum(axis=0)
     mean_c, rstd_c = _per_channel(mean, channels), _per_channel(rstd, channels)
-    s_dy, s_dyx = grad_sums(layout, x3, dy3, mean_c)
+    if y3 is not None:
+        g3 = dx3 if g3 is None else g3
+    s_dy, s_dyx = grad_sums(layout, x3, dy3, mean_c, y3, g3)
+    if y3 is not None:
+        dy3 = g3  # dx is formed from the masked gradient
     s_dy = np.broadcast_to(s_dy, (n, channels))
     s_dyx = np.broadcast_to(s_dyx, (n, channels))
     if use_input_stats:

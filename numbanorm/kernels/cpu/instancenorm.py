@@ -10,12 +10,16 @@ from . import groupnorm
 __all__ = ["forward", "backward"]
 
 
-def forward(layout, x3, y3, weight, bias, eps):
-    """Normalize with instance statistics; return (count, mean, var, rstd), the last three (N, C) float64."""
+def forward(layout, x3, y3, weight, bias, eps, residual=None, relu=False):
+    """Normalize with instance statistics; return (count, mean, var, rstd), the last three (N, C) float64.
+
+    The epilogue ``relu(y + residual)`` as in :func:`numbanorm.kernels.cpu.groupnorm.forward`.
+    """
     channels = x3.shape[1] if layout == "cf" else x3.shape[2]
-    return groupnorm.forward(layout, x3, y3, channels, weight, bias, eps)
+    return groupnorm.forward(layout, x3, y3, channels, weight, bias, eps, residual, relu)
 
 
-def backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats):
-    """Fill ``dx3`` from (N, C) statistics; return float64 per-channel (dweight, dbias)."""
-    return groupnorm.backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats)
+def backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats, y3=None, g3=None):
+    """Fill ``dx3`` from (N, C) statistics; return float64 per-channel (dweight, dbias); ReLU's
+    mask from ``y3`` as in :func:`numbanorm.kernels.cpu.groupnorm.backward`."""
+    return groupnorm.backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats, y3, g3)

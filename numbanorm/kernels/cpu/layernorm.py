@@ -5,6 +5,11 @@ once; backward reads x and dy once per row and reduces dweight/dbias into
 per-chunk float64 partial rows (one per work item, no races) summed at the end.
 RMSNorm is the same pass without the mean (``center=False``): the row's mean
 square replaces its variance (Zhang & Sennrich, 2019).
+
+The skip form (ONNX Runtime's SkipLayerNormalization, Liger's FusedAddRMSNorm) normalizes
+``s = x + residual``: each row of s is written and its moments taken in one read of x and
+the residual, then normalized from cache. Its backward adds the gradient that reaches s by
+the residual stream (``dsum``) in the dx loop.
 """
 
 import numba
@@ -13,8 +18,8 @@ from numba import prange
 
 from ... import _memory, config
 from ._jit import cast_like, kernel
-from .elementwise import dx_slice_affine, normalize_slice_affine
-from .moments import slice_moments
+from .elementwise import dx_slice_affine, dx_slice_affine_sum, normalize_slice_affine
+from .moments import add_slice_moments, slice_moments
 from .params import param
 from .sums import slice_weighted_grad_sums
 
@@ -22,22 +27,35 @@ __all__ = ["rows_forward", "rows_backward", "forward", "backward"]
 
 
 @kernel
-def rows_forward(x2, y2, weight, bias, eps, block, max_ratio, center, stats):
-    """Normalize each row; store its float64 mean and rstd in ``stats`` (2, R)."""
+def rows_forward(x2, y2, weight, bias, eps, block, max_ratio, center, stats, r2, s2):
+    """Normalize each row; store its float64 mean and rstd in ``stats`` (2, R).
+
+    With ``r2`` (not None) the rows normalized are those of ``s2 = x2 + r2``, written in the
+    statistics' read.
+    """
     n_rows, width = x2.shape
     for r in prange(n_rows):
         xr = x2[r]
-        _, mu, m2 = slice_moments(xr, block, max_ratio, center)
+        if r2 is None:
+            _, mu, m2 = slice_moments(xr, block, max_ratio, center)
+        else:
+            _, mu, m2 = add_slice_moments(xr, r2[r], s2[r], block, max_ratio, center)
         inv = 1.0 / np.sqrt(m2 / width + eps)
         stats[0, r] = mu
         stats[1, r] = inv
         hi = cast_like(mu, xr)
-        normalize_slice_affine(xr, y2[r], hi, cast_like(inv, xr), cast_like(-(mu - hi) * inv, xr), weight, bias)
+        inv_x = cast_like(inv, xr)
+        shift_x = cast_like(-(mu - hi) * inv, xr)
+        if r2 is None:
+            normalize_slice_affine(xr, y2[r], hi, inv_x, shift_x, weight, bias)
+        else:
+            normalize_slice_affine(s2[r], y2[r], hi, inv_x, shift_x, weight, bias)
 
 
 @kernel
-def rows_backward(x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dweight, dbias):
-    """dx of each row, and per-chunk partial dweight/dbias rows (K, D) in float64."""
+def rows_backward(x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dweight, dbias, dsum2):
+    """dx of each row, and per-chunk partial dweight/dbias rows (K, D) in float64; with
+    ``dsum2`` (not None) added to dx in the same loop."""
     n_rows, width = x2.shape
     nchunks = dweight.shape[0]
     for k in prange(nchunks):
@@ -52,24 +70,30 @@ def rows_backward(x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dwei
             inv = rstd[r]
             s_g, s_gx = slice_weighted_grad_sums(xr, dyr, weight, mu, inv, dweight[k], dbias[k])
             b = s_g / width if center else 0.0
-            dx_slice_affine(xr, dyr, dx2[r], mu, weight, b, inv * inv * s_gx / width, inv)
+            if dsum2 is None:
+                dx_slice_affine(xr, dyr, dx2[r], mu, weight, b, inv * inv * s_gx / width, inv)
+            else:
+                dx_slice_affine_sum(xr, dyr, dsum2[r], dx2[r], mu, weight, b, inv * inv * s_gx / width, inv)
 
 
-def forward(x2, y2, weight, bias, eps, center):
+def forward(x2, y2, weight, bias, eps, center, r2=None, s2=None):
     """Fill ``y2`` and return float64 (mean, rstd) per row; weight/bias are (D,) or None.
 
     Without ``center`` (RMSNorm) the mean is 0 and the mean square replaces the variance.
+    With ``r2`` (rows like x2) the rows of ``s2 = x2 + r2`` are written and normalized.
     """
     width = x2.shape[1]
     w = param(weight, width, 1.0, x2.dtype, x2.size)
     b = param(bias, width, 0.0, x2.dtype, x2.size)
     stats = np.empty((2, x2.shape[0]))
-    rows_forward(x2.size, x2, y2, w, b, eps, config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, bool(center), stats)
+    rows_forward(x2.size, x2, y2, w, b, eps, config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, bool(center), stats, r2,
+                 s2)
     return stats[0], stats[1]
 
 
-def backward(x2, dy2, dx2, mean, rstd, weight, center):
-    """Fill ``dx2`` and return float64 (dweight, dbias) summed over rows."""
+def backward(x2, dy2, dx2, mean, rstd, weight, center, dsum2=None):
+    """Fill ``dx2`` (plus ``dsum2``, rows like x2, when given) and return float64 (dweight, dbias)
+    summed over rows."""
     n_rows, width = x2.shape
     if n_rows == 0:
         return np.zeros(width), np.zeros(width)
@@ -80,7 +104,7 @@ def backward(x2, dy2, dx2, mean, rstd, weight, center):
     dweight = _memory.empty((nchunks, width), work=x2.size)
     dbias = _memory.empty((nchunks, width), work=x2.size)
     rows_backward(x2.size, x2, dy2, dx2, w, np.ascontiguousarray(mean), np.ascontiguousarray(rstd), bool(center),
-                  rows_per_chunk, dweight, dbias)
+                  rows_per_chunk, dweight, dbias, dsum2)
     if nchunks == 1:
         return dweight[0], dbias[0]
     return dweight.sum(axis=0), dbias.sum(axis=0)

@@ -4,7 +4,7 @@ Contiguous NCHW becomes ``("cf", (N, C, S))`` and channels-last memory (an NCHW-
 view of NHWC data, ``x_nhwc.transpose(0, 3, 1, 2)``) becomes ``("cl", (N, S, C))``,
 both without a copy. Any other strides are copied once, into the layout whose
 channel stride they resemble. Rows (LayerNorm, RMSNorm) are ``("cf", (R, D))``.
-Outputs are allocated in the input's layout (:func:`output`).
+Outputs are allocated in the input's layout (:class:`Output`).
 """
 
 import functools
@@ -14,7 +14,7 @@ import numpy as np
 
 from ... import _memory
 
-__all__ = ["channel_view", "like_view", "new_output", "match_layout"]
+__all__ = ["channel_view", "rows_view", "like_view", "new_output", "match_layout", "Output"]
 
 
 @functools.cache
@@ -96,25 +96,24 @@ def match_layout(layout, x3, out):
     return out.reshape(x3.shape) if out.flags.c_contiguous else None
 
 
-def output(layout, x3, x, out=None):
-    """``(view, result, pending)``: where a pass writes and what the call returns.
+class Output:
+    """Where a pass writes its result: ``view`` is the kernel's view, :meth:`result` the array returned.
 
-    The kernel writes ``view``; ``result`` is ``out`` when given, else a new array in x's
-    layout. ``view`` is a view of ``result`` unless ``out``'s layout differs from ``x3``'s:
-    then it is a view of ``pending``, a new array that :func:`finish` copies into ``out``.
+    The kernel writes straight into ``out`` when its layout matches ``x3``'s; otherwise
+    into a new array in x's layout, copied into ``out`` (when given) by :meth:`result`.
     """
-    if out is None:
-        view, result = new_output(layout, x3, x.shape)
-        return view, result, None
-    view = match_layout(layout, x3, out)
-    if view is not None:
-        return view, out, None
-    view, pending = new_output(layout, x3, x.shape)
-    return view, out, pending
 
+    __slots__ = ("view", "_array", "_out")
 
-def finish(result, pending):
-    """``result``, after copying ``pending`` (see :func:`output`) into it."""
-    if pending is not None:
-        result[...] = pending
-    return result
+    def __init__(self, layout, x3, x, out=None):
+        view = None if out is None else match_layout(layout, x3, out)
+        if view is None:
+            self.view, self._array = new_output(layout, x3, x.shape)
+        else:
+            self.view, self._array = view, out
+        self._out = out
+
+    def result(self):
+        if self._out is not None and self._array is not self._out:
+            self._out[...] = self._array
+        return self._array if self._out is None else self._out

@@ -24,6 +24,10 @@ the check bounds it further (see :func:`_block_moments`).
 A per-element Welford update along a contiguous slice would be as stable but is a
 serial dependency chain that does not vectorize; across columns each lane is
 independent, so there it vectorizes and saves the second read.
+
+:func:`add_slice_moments` is the slice primitive of a sum (LayerNorm's skip form,
+``s = x + residual``): it writes each value of ``s`` and takes its shifted sums in the same
+read of x and the residual, with the same check and fallback.
 """
 
 import numba
@@ -36,6 +40,7 @@ from ._jit import elementwise_helper, kernel, reduce_helper
 __all__ = [
     "chan_merge",
     "slice_moments",
+    "add_slice_moments",
     "merge_range",
     "welford_step",
     "cols_range_moments",
@@ -116,6 +121,52 @@ def _block_moments(x, max_ratio):
 
 
 @reduce_helper
+def _add_shifted_sums(x, r, s, k):
+    """Write ``s = x + r`` (in s's dtype) and return ``(sum(s - k), sum((s - k)**2))`` in float64."""
+    s1 = 0.0
+    s2 = 0.0
+    for i in range(x.size):
+        v = x[i] + r[i]
+        s[i] = v
+        d = np.float64(v) - k
+        s1 += d
+        s2 += d * d
+    return s1, s2
+
+
+@reduce_helper
+def _add_block_moments(x, r, s, max_ratio):
+    """:func:`_block_moments` of ``s = x + r``, written to ``s`` in the same read; the shift is
+    ``s[0]`` and a block that fails the check is recomputed two-pass from ``s`` (in cache)."""
+    n = x.size
+    k = np.float64(x[0] + r[0])
+    s1, s2 = _add_shifted_sums(x, r, s, k if np.isfinite(k) else 0.0)
+    if np.isfinite(k):
+        # _block_moments' check, written out here as there: a helper returning it was not
+        # inlined, and a call per block slowed the plain path measurably.
+        t = s1 / n
+        shift = s1 * t
+        m2 = s2 - shift
+        if shift <= max_ratio * m2 or not np.isfinite(m2):
+            if m2 < 0.0:
+                m2 = 0.0
+            return k + t, m2
+    return _two_pass(s)
+
+
+@reduce_helper
+def _add_sum_squares(x, r, s):
+    """Write ``s = x + r`` and return ``sum(s**2)`` in float64, one read."""
+    acc = 0.0
+    for i in range(x.size):
+        v = x[i] + r[i]
+        s[i] = v
+        w = np.float64(v)
+        acc += w * w
+    return acc
+
+
+@reduce_helper
 def _sum_squares(x):
     """``sum(x**2)`` over a contiguous 1-D slice, accumulated in float64."""
     s = 0.0
@@ -146,6 +197,31 @@ def slice_moments(x, block, max_ratio, center):
     while start < n:
         stop = min(start + block, n)
         b_mean, b_m2 = _block_moments(x[start:stop], max_ratio)
+        count, mean, m2 = chan_merge(count, mean, m2, float(stop - start), b_mean, b_m2)
+        start = stop
+    return count, mean, m2
+
+
+@reduce_helper
+def add_slice_moments(x, r, s, block, max_ratio, center):
+    """:func:`slice_moments` of ``s = x + r`` (1-D slices), writing ``s`` in the same read.
+
+    ``s`` is rounded to its dtype (x's) before its moments are taken, so they are the moments
+    of the values stored, as if ``s`` had been formed first and then passed to
+    :func:`slice_moments`.
+    """
+    n = x.size
+    if n == 0:
+        return 0.0, 0.0, 0.0
+    if not center:
+        return float(n), 0.0, _add_sum_squares(x, r, s)
+    first = min(block, n)
+    mean, m2 = _add_block_moments(x[:first], r[:first], s[:first], max_ratio)
+    count = float(first)
+    start = first
+    while start < n:
+        stop = min(start + block, n)
+        b_mean, b_m2 = _add_block_moments(x[start:stop], r[start:stop], s[start:stop], max_ratio)
         count, mean, m2 = chan_merge(count, mean, m2, float(stop - start), b_mean, b_m2)
         start = stop
     return count, mean, m2

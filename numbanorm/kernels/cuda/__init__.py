@@ -5,7 +5,7 @@ Imported only when a CUDA array reaches :mod:`numbanorm.functional`, so
 ``import numbanorm`` never imports ``numba.cuda``.
 
 ``_jit``          the one place kernels are compiled: flags and block size from :mod:`numbanorm.config`.
-``layout``        contiguous kernel views, strided <-> contiguous copies and casts, ``output``/``finish``.
+``layout``        contiguous kernel views, strided <-> contiguous copies and casts, ``Output``.
 ``arrays``        small-array helpers of the front end (casts, fills, host copies).
 ``moments``       the statistics primitive: per-thread Welford, block-level Chan merge
                   (shared-memory trees, no warp shuffles: the simulator runs the same code),

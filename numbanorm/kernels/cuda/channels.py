@@ -12,6 +12,12 @@ in float64.
 
 Gradient sums (``sum dy`` and ``sum dy * (x - mean)`` per (p, c)) are float64 block
 partials, summed by a second kernel.
+
+The fused epilogue, as on the CPU: :func:`normalize` adds a residual and applies ReLU in
+the pass that writes y (``_normalize_epilogue``); :func:`grad_sums` with the forward's
+output writes ReLU's masked gradient ``dy * (y > 0)`` in its read of dy
+(``_partial_grad_sums_relu``), and dx is formed from it (in place in dx's buffer, or from
+the residual's gradient).
 """
 
 
@@ -80,14 +86,25 @@ def _normalize(x3, y3, hi, lo, scale, shift):
 
 
 @kernel
-def _partial_grad_sums(x3, dy3, mean, group, per_sample, chunk, ps_dy, ps_dyx):
-    """Partial ``sum(dy)`` and ``sum(dy * (x - mean))`` (float64) per (p, c), grid (P * C, K).
+def _normalize_epilogue(x3, r3, y3, hi, lo, scale, shift, add, relu):
+    """:func:`_normalize`, then ``+ r3`` (``add``) and ReLU (``relu``) in the same write; ``r3`` is
+    not read without ``add``. ReLU is ``0 if v < 0 else v``: NaN propagates."""
+    per_sample = hi.shape[0] > 1
+    for i in range(cuda.grid(1), x3.size, cuda.gridsize(1)):
+        n, c, s, p = element_at(x3, i, per_sample)
+        v = ((x3[n, c, s] - hi[p, c]) - lo[p, c]) * scale[p, c] + shift[p, c]
+        if add:
+            v = v + r3[n, c, s]
+        if relu and v < 0:
+            y3[n, c, s] = 0
+        else:
+            y3[n, c, s] = v
 
-    Block (q, k) takes the k-th ``chunk`` of channel ``c = q % C``'s values, over all
-    samples (P = 1) or the positions of sample ``p = q // C``; ``mean`` is (P, G).
-    """
-    sh_a = cuda.shared.array(THREADS, np.float64)
-    sh_b = cuda.shared.array(THREADS, np.float64)
+
+@device
+def _chunk_grad_sums(x3, dy3, y3, g3, relu, mean, group, per_sample, chunk, ps_dy, ps_dyx, sh_a, sh_b):
+    """The body of :func:`_partial_grad_sums` (``relu`` False: ``y3``/``g3`` are not read) and of
+    :func:`_partial_grad_sums_relu` (the sums of ``g = dy * (y3 > 0)``, written to ``g3``)."""
     q, k, p, c, lo, hi = channel_chunk(x3, per_sample, chunk)
     length = x3.shape[2]
     mu = mean[p, c // group]
@@ -96,13 +113,41 @@ def _partial_grad_sums(x3, dy3, mean, group, per_sample, chunk, ps_dy, ps_dyx):
     for j in range(lo + cuda.threadIdx.x, hi, cuda.blockDim.x):
         r = j // length
         s = j - r * length
-        g = np.float64(dy3[p + r, c, s])
+        if not relu:
+            g = np.float64(dy3[p + r, c, s])
+        elif y3[p + r, c, s] > 0:
+            g = np.float64(dy3[p + r, c, s])
+            g3[p + r, c, s] = dy3[p + r, c, s]
+        else:
+            g = 0.0
+            g3[p + r, c, s] = 0
         s_dy += g
         s_dyx += g * (x3[p + r, c, s] - mu)
     s_dy, s_dyx = block_sum2(s_dy, s_dyx, sh_a, sh_b)
     if cuda.threadIdx.x == 0:
         ps_dy[q, k] = s_dy
         ps_dyx[q, k] = s_dyx
+
+
+@kernel
+def _partial_grad_sums(x3, dy3, mean, group, per_sample, chunk, ps_dy, ps_dyx):
+    """Partial ``sum(dy)`` and ``sum(dy * (x - mean))`` (float64) per (p, c), grid (P * C, K).
+
+    Block (q, k) takes the k-th ``chunk`` of channel ``c = q % C``'s values, over all
+    samples (P = 1) or the positions of sample ``p = q // C``; ``mean`` is (P, G).
+    """
+    sh_a = cuda.shared.array(THREADS, np.float64)
+    sh_b = cuda.shared.array(THREADS, np.float64)
+    _chunk_grad_sums(x3, dy3, dy3, dy3, False, mean, group, per_sample, chunk, ps_dy, ps_dyx, sh_a, sh_b)
+
+
+@kernel
+def _partial_grad_sums_relu(x3, dy3, y3, g3, mean, group, per_sample, chunk, ps_dy, ps_dyx):
+    """:func:`_partial_grad_sums` of ReLU's masked gradient ``g = dy * (y3 > 0)``, which is
+    written to ``g3`` (the residual's gradient, or dx's buffer) in the same read."""
+    sh_a = cuda.shared.array(THREADS, np.float64)
+    sh_b = cuda.shared.array(THREADS, np.float64)
+    _chunk_grad_sums(x3, dy3, y3, g3, True, mean, group, per_sample, chunk, ps_dy, ps_dyx, sh_a, sh_b)
 
 
 @kernel
@@ -185,8 +230,9 @@ def update_running_stats(running_mean, running_var, mean, var, momentum, count):
     _update_running[_launch(channels)](mean, var, float(count), float(momentum), running_mean, running_var)
 
 
-def normalize(x3, y3, mean, rstd, group, weight, bias):
-    """Fill ``y3`` from float64 (P, G) statistics; weight/bias (C,) device arrays or None."""
+def normalize(x3, y3, mean, rstd, group, weight, bias, residual=None, relu=False):
+    """Fill ``y3`` from float64 (P, G) statistics; weight/bias (C,) device arrays or None; then
+    ``+ residual`` (like x3) and ReLU when given, in the same pass."""
     channels = x3.shape[1]
     dtype = x3.dtype
     weight = param(weight, channels, 1.0, dtype)
@@ -194,12 +240,18 @@ def normalize(x3, y3, mean, rstd, group, weight, bias):
     shape = (mean.shape[0], channels)
     hi, lo, scale, shift = (cuda.device_array(shape, dtype) for _ in range(4))
     _forward_coefs[_launch(hi.size)](mean, rstd, group, weight, bias, hi, lo, scale, shift)
-    _normalize[_launch(x3.size)](x3, y3, hi, lo, scale, shift)
+    if residual is None and not relu:
+        _normalize[_launch(x3.size)](x3, y3, hi, lo, scale, shift)
+    else:
+        add = residual is not None
+        _normalize_epilogue[_launch(x3.size)](x3, residual if add else x3, y3, hi, lo, scale, shift, add,
+                                              bool(relu))
 
 
-def grad_sums(x3, dy3, mean, group, per_sample):
+def grad_sums(x3, dy3, mean, group, per_sample, y3=None, g3=None):
     """float64 (P, C) ``sum(dy)`` and ``sum(dy * (x - mean))`` per channel (P = 1) or per
-    (sample, channel) (``per_sample``, P = N); ``mean`` is (P, G)."""
+    (sample, channel) (``per_sample``, P = N); ``mean`` is (P, G). With ``y3`` (a ReLU
+    epilogue's output), the sums of ``g = dy * (y3 > 0)``, which is written to ``g3``."""
     n, channels, length = x3.shape
     planes = n if per_sample else 1
     span = length if per_sample else n * length
@@ -207,7 +259,11 @@ def grad_sums(x3, dy3, mean, group, per_sample):
     rows = planes * channels
     ps_dy = cuda.device_array((rows, chunks), np.float64)
     ps_dyx = cuda.device_array((rows, chunks), np.float64)
-    _partial_grad_sums[(rows, chunks), THREADS](x3, dy3, mean, group, bool(per_sample), chunk, ps_dy, ps_dyx)
+    if y3 is None:
+        _partial_grad_sums[(rows, chunks), THREADS](x3, dy3, mean, group, bool(per_sample), chunk, ps_dy, ps_dyx)
+    else:
+        _partial_grad_sums_relu[(rows, chunks), THREADS](x3, dy3, y3, g3, mean, group, bool(per_sample), chunk,
+                                                         ps_dy, ps_dyx)
     s_dy = cuda.device_array(rows, np.float64)
     s_dyx = cuda.device_array(rows, np.float64)
     sum_partials[_launch(rows)](ps_dy, ps_dyx, s_dy, s_dyx)
@@ -215,7 +271,8 @@ def grad_sums(x3, dy3, mean, group, per_sample):
 
 
 def apply_dx(x3, dy3, dx3, s_dy, s_dyx, mean, rstd, group, weight, count, use_input_stats):
-    """Fill ``dx3`` from (P, C) gradient sums and (P, G) statistics of groups of ``count`` values."""
+    """Fill ``dx3`` from (P, C) gradient sums and (P, G) statistics of groups of ``count`` values
+    (``dy3`` may be ``dx3`` itself: each element is read, then written, by one thread)."""
     channels = x3.shape[1]
     shape = (s_dy.shape[0], channels)
     w = param(weight, channels, 1.0, np.float64)
@@ -234,13 +291,17 @@ def param_grads(s_dy, s_dyx, rstd, group):
     return dweight, dbias
 
 
-def backward(x3, dy3, dx3, mean, rstd, group, weight, count, use_input_stats):
+def backward(x3, dy3, dx3, mean, rstd, group, weight, count, use_input_stats, y3=None, g3=None):
     """Fill ``dx3``; return float64 (C,) (dweight, dbias) device arrays.
 
     ``mean``/``rstd`` are float64 (P, G) statistics of groups of ``count`` values;
-    ``use_input_stats`` False treats them as constants (running statistics).
+    ``use_input_stats`` False treats them as constants (running statistics). With ``y3``
+    (a ReLU epilogue's output) dy is ``dy * (y3 > 0)``, written to ``g3`` (``dx3`` when None)
+    by the sums' read and read back by dx's.
     """
     per_sample = mean.shape[0] > 1  # with N = 1, per sample and per channel are the same reduction
-    s_dy, s_dyx = grad_sums(x3, dy3, mean, group, per_sample)
-    apply_dx(x3, dy3, dx3, s_dy, s_dyx, mean, rstd, group, weight, count, use_input_stats)
+    if y3 is not None:
+        g3 = dx3 if g3 is None else g3
+    s_dy, s_dyx = grad_sums(x3, dy3, mean, group, per_sample, y3, g3)
+    apply_dx(x3, dy3 if y3 is None else g3, dx3, s_dy, s_dyx, mean, rstd, group, weight, count, use_input_stats)
     return param_grads(s_dy, s_dyx, rstd, group)

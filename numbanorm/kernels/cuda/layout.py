@@ -3,7 +3,7 @@
 The kernels run on C-contiguous views: ``("cf", (N, C, S))`` for the channel-wise
 families and ``("cf", (R, D))`` rows for LayerNorm and RMSNorm. Other strides (a
 channels-last view, a slice) are copied into a contiguous array first, and the result
-is copied back into an array of the input's memory order (:func:`output`), so the
+is copied back into an array of the input's memory order (:class:`Output`), so the
 output keeps the input's layout as on the CPU. Device-side copies and dtype casts
 serve 1- to 5-D arrays.
 """
@@ -15,8 +15,8 @@ from numba import cuda
 
 from ._jit import THREADS, elementwise_blocks, kernel
 
-__all__ = ["copy", "contiguous", "cast", "empty_like_layout", "channel_view", "rows_view", "like_view", "output",
-           "finish", "MAX_NDIM"]
+__all__ = ["copy", "contiguous", "cast", "empty_like_layout", "channel_view", "rows_view", "like_view", "Output",
+           "MAX_NDIM"]
 
 MAX_NDIM = 5
 
@@ -148,21 +148,23 @@ def like_view(layout, x3, arr):
     return contiguous(arr).reshape(*x3.shape)
 
 
-def output(layout, x3, x, out=None):
-    """``(view, result, pending)``: the kernel's C-contiguous view, the array returned, and
-    the contiguous buffer :func:`finish` copies into it (None when the view writes it directly).
+class Output:
+    """Where a pass writes: ``view`` is the kernel's C-contiguous view, :meth:`result` the array returned.
 
-    The result is ``out`` when given, else a new array in x's memory order.
+    The result is ``out`` when given, else a new array in x's memory order; when that
+    array is not C-contiguous the kernel writes a contiguous buffer that
+    :meth:`result` copies into it.
     """
-    result = empty_like_layout(x) if out is None else out
-    if result.is_c_contiguous():
-        return result.reshape(*x3.shape), result, None
-    pending = cuda.device_array(x.shape, x.dtype)
-    return pending.reshape(*x3.shape), result, pending
 
+    __slots__ = ("view", "_array", "_target")
 
-def finish(result, pending):
-    """``result``, after copying ``pending`` (see :func:`output`) into it."""
-    if pending is not None:
-        copy(pending, result)
-    return result
+    def __init__(self, layout, x3, x, out=None):
+        self._array = empty_like_layout(x) if out is None else out
+        target = self._array if self._array.is_c_contiguous() else cuda.device_array(x.shape, x.dtype)
+        self.view = target.reshape(*x3.shape)
+        self._target = target
+
+    def result(self):
+        if self._target is not self._array:
+            copy(self._target, self._array)
+        return self._array

@@ -16,6 +16,10 @@ merge is all float64.)
 RMSNorm's mean-square mode (``center=False``) runs the same recurrence on ``x**2``
 and reports the moments about zero, ``(count, 0, sum(x**2))``, as the CPU primitive
 does, so that every caller finishes the statistics as ``var = M2 / count``.
+
+The skip form of LayerNorm/RMSNorm takes the moments of ``s = x + residual``:
+:func:`partial_moments_add` writes each value of ``s`` (in x's dtype) in the read that takes
+its moments, with the same per-thread Welford and block merge (one device function serves both).
 """
 
 import math
@@ -34,6 +38,7 @@ __all__ = [
     "block_sum2",
     "channel_chunk",
     "partial_moments",
+    "partial_moments_add",
     "merge_moments",
     "finish_stats",
     "channel_moments",
@@ -118,6 +123,34 @@ def channel_chunk(x3, per_sample, chunk):
     return q, k, p, c, lo, min(lo + chunk, span)
 
 
+@device
+def _chunk_moments(x3, r3, s3, add, per_sample, center, chunk, pn, pmean, pm2, sh_n, sh_mean, sh_m2):
+    """The body of :func:`partial_moments` (``add`` False: ``r3``/``s3`` are not read) and of
+    :func:`partial_moments_add` (``add`` True: the values are ``s = x + r``, written to ``s3``)."""
+    q, k, p, c, lo, hi = channel_chunk(x3, per_sample, chunk)
+    length = x3.shape[2]
+    n = 0.0
+    mean = 0.0
+    m2 = 0.0
+    for j in range(lo + cuda.threadIdx.x, hi, cuda.blockDim.x):
+        r = j // length
+        i = j - r * length
+        if add:
+            sv = x3[p + r, c, i] + r3[p + r, c, i]
+            s3[p + r, c, i] = sv
+            v = np.float64(sv)
+        else:
+            v = np.float64(x3[p + r, c, i])
+        if not center:
+            v = v * v
+        n, mean, m2 = welford_add(n, mean, m2, v)
+    n, mean, m2 = block_merge(n, mean, m2, sh_n, sh_mean, sh_m2)
+    if cuda.threadIdx.x == 0:
+        pn[q, k] = n
+        pmean[q, k] = mean
+        pm2[q, k] = m2
+
+
 @kernel
 def partial_moments(x3, per_sample, center, chunk, pn, pmean, pm2):
     """Partial moments of the channels of a C-contiguous (N, C, S) array.
@@ -131,22 +164,17 @@ def partial_moments(x3, per_sample, center, chunk, pn, pmean, pm2):
     sh_n = cuda.shared.array(THREADS, np.float64)
     sh_mean = cuda.shared.array(THREADS, np.float64)
     sh_m2 = cuda.shared.array(THREADS, np.float64)
-    q, k, p, c, lo, hi = channel_chunk(x3, per_sample, chunk)
-    length = x3.shape[2]
-    n = 0.0
-    mean = 0.0
-    m2 = 0.0
-    for j in range(lo + cuda.threadIdx.x, hi, cuda.blockDim.x):
-        r = j // length
-        v = np.float64(x3[p + r, c, j - r * length])
-        if not center:
-            v = v * v
-        n, mean, m2 = welford_add(n, mean, m2, v)
-    n, mean, m2 = block_merge(n, mean, m2, sh_n, sh_mean, sh_m2)
-    if cuda.threadIdx.x == 0:
-        pn[q, k] = n
-        pmean[q, k] = mean
-        pm2[q, k] = m2
+    _chunk_moments(x3, x3, x3, False, per_sample, center, chunk, pn, pmean, pm2, sh_n, sh_mean, sh_m2)
+
+
+@kernel
+def partial_moments_add(x3, r3, s3, per_sample, center, chunk, pn, pmean, pm2):
+    """:func:`partial_moments` of ``s = x3 + r3`` (C-contiguous, x's dtype), each value written to
+    ``s3`` in the read that takes its moments (the skip form of LayerNorm and RMSNorm)."""
+    sh_n = cuda.shared.array(THREADS, np.float64)
+    sh_mean = cuda.shared.array(THREADS, np.float64)
+    sh_m2 = cuda.shared.array(THREADS, np.float64)
+    _chunk_moments(x3, r3, s3, True, per_sample, center, chunk, pn, pmean, pm2, sh_n, sh_mean, sh_m2)
 
 
 @kernel
@@ -188,13 +216,14 @@ def finish_stats(mean, m2, count, eps, mean64, var, rstd):
         rstd[i] = 1.0 / math.sqrt(v + eps)
 
 
-def channel_moments(x3, per_sample, center=True):
+def channel_moments(x3, per_sample, center=True, residual=None, s3=None):
     """Moments of the channels of a C-contiguous (N, C, S) device array.
 
     Per channel over samples and positions (P = 1) or per (sample, channel) over
     positions (``per_sample``, P = N). Returns ``(count, mean, M2)``: the count per
     channel as a float, and float64 (P, C) device arrays, from the partial moments of
     up to ``config.CUDA_MAX_PARTIALS`` blocks per channel, Chan-merged by a second kernel.
+    With ``residual`` (like x3) the moments are those of ``s = x3 + residual``, written to ``s3``.
     """
     n, c, s = x3.shape
     planes = n if per_sample else 1
@@ -204,7 +233,11 @@ def channel_moments(x3, per_sample, center=True):
     pn = cuda.device_array((rows, chunks), np.float64)
     pmean = cuda.device_array((rows, chunks), np.float64)
     pm2 = cuda.device_array((rows, chunks), np.float64)
-    partial_moments[(rows, chunks), THREADS](x3, bool(per_sample), bool(center), chunk, pn, pmean, pm2)
+    if residual is None:
+        partial_moments[(rows, chunks), THREADS](x3, bool(per_sample), bool(center), chunk, pn, pmean, pm2)
+    else:
+        partial_moments_add[(rows, chunks), THREADS](x3, residual, s3, bool(per_sample), bool(center), chunk,
+                                                     pn, pmean, pm2)
     count = cuda.device_array(rows, np.float64)
     mean = cuda.device_array(rows, np.float64)
     m2 = cuda.device_array(rows, np.float64)
@@ -225,9 +258,10 @@ def finish(mean, m2, count, eps):
     return tuple(a.reshape(*shape) for a in out)
 
 
-def channel_stats(x3, per_sample, eps, center=True):
+def channel_stats(x3, per_sample, eps, center=True, residual=None, s3=None):
     """``(count, mean, var, rstd)`` of the channels of a C-contiguous (N, C, S) device array:
-    :func:`channel_moments`, finished; float64 (P, C) device arrays."""
-    count, mean, m2 = channel_moments(x3, per_sample, center)
+    :func:`channel_moments` (of ``x3 + residual``, written to ``s3``, when given), finished;
+    float64 (P, C) device arrays."""
+    count, mean, m2 = channel_moments(x3, per_sample, center, residual, s3)
     mean, var, rstd = finish(mean, m2, count, eps)
     return count, mean, var, rstd
