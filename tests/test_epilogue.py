@@ -165,10 +165,13 @@ def test_forward_and_backward_match_the_reference_composition(rng, fam, shape, l
             assert dres is dy  # an add passes its gradient through
 
 
-@pytest.fixture(params=["default", "serial", "parallel", "parallel-split"])
+@pytest.fixture(params=["default", "serial", "parallel", "parallel-planes", "parallel-split"])
 def path(request, monkeypatch):
-    """Every kernel path: serial and parallel builds, BatchNorm's fused channel pass and its
-    split drivers, small moment blocks and column chunks."""
+    """Every kernel path: serial and parallel builds, BatchNorm's small planes as columns (the
+    default at these sizes), its fused channel pass over planes and its split drivers, small
+    moment blocks and column chunks."""
+    if request.param in ("parallel-planes", "parallel-split"):
+        monkeypatch.setattr(config, "SMALL_PLANE", 1)
     if request.param == "serial":
         monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 1 << 40)
     elif request.param != "default":
@@ -177,6 +180,7 @@ def path(request, monkeypatch):
         monkeypatch.setattr(config, "FUSED_CHANNEL_BYTES", 0)
         monkeypatch.setattr(config, "BLOCK_ELEMENTS", 16)
         monkeypatch.setattr(config, "COLUMN_BLOCK_ELEMENTS", 16)
+        monkeypatch.setattr(config, "COLUMN_MIN_ROWS", 1)
     return request.param
 
 
