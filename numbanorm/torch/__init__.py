@@ -16,6 +16,8 @@
 - :mod:`numbanorm.torch.convert`: :func:`convert` and :func:`revert`.
 - :mod:`numbanorm.torch.modules`: ``BatchNorm1d/2d/3d``, ``InstanceNorm1d/2d/3d``,
   ``LayerNorm``, ``GroupNorm``, ``RMSNorm``, ``SyncBatchNorm``, subclasses of the ``torch.nn`` modules.
+- :mod:`numbanorm.torch.epilogue`: the fused epilogue of the modules (``activation="relu"`` and
+  ``forward(input, residual)``; LayerNorm/RMSNorm ``(norm(input + residual), input + residual)``).
 - :mod:`numbanorm.torch.distributed`: ``TorchCommunicator`` (torch.distributed, gloo) and the
   SyncBatchNorm function the module runs on CPU tensors.
 - :mod:`numbanorm.torch.bench_models`: ``run_models(threads=2)``, stock vs converted

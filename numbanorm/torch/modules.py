@@ -23,6 +23,7 @@ Differences from PyTorch, on purpose:
 import torch
 
 from . import functional as NF
+from .epilogue import channel_epilogue, check_activation, skip_norm
 
 __all__ = [
     "NumbanormModule",
@@ -49,9 +50,29 @@ class NumbanormModule:
 
     _numbanorm_origin = None
     _numbanorm_replaces = ("forward",)
+    #: The fused epilogue's activation (None or "relu"); converted stock modules have none.
+    activation = None
+
+    def _init_activation(self, activation):
+        self.activation = check_activation(activation)
+
+    def extra_repr(self):
+        text = super().extra_repr()
+        return text if self.activation is None else f"{text}, activation={self.activation!r}"
+
+    def _epilogue_unsupported(self, input, residual):
+        reason = NF.unsupported_reason(input, residual, *(t for t in (getattr(self, "weight", None),
+                                                                       getattr(self, "bias", None))))
+        if reason is not None:
+            raise TypeError(f"{type(self).__name__}: the fused epilogue (activation/residual) runs on CPU "
+                            f"float32/float64 tensors, got {reason}")
 
 
 class _BatchNorm(NumbanormModule):
+    def __init__(self, *args, activation=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_activation(activation)
+
     def _factor(self):
         """PyTorch's running-average weight of this step (momentum, or 1/steps for momentum=None)
         and whether num_batches_tracked is bumped (after the kernel accepted the batch)."""
@@ -61,8 +82,12 @@ class _BatchNorm(NumbanormModule):
             factor = 1.0 / float(self.num_batches_tracked + 1)  # cumulative moving average
         return factor, bump
 
-    def forward(self, input):
+    def forward(self, input, residual=None):
+        """``activation(norm(input) + residual)`` (the fused epilogue) with ``activation`` or a
+        residual, else PyTorch's BatchNorm forward."""
         self._check_input_dim(input)
+        if residual is not None or self.activation is not None:
+            return self._epilogue(input, residual)
         reason = NF.unsupported_reason(input, self.weight, self.bias, self.running_mean, self.running_var)
         if reason is not None:
             NF.warn_fallback(type(self).__name__, reason)
@@ -78,6 +103,19 @@ class _BatchNorm(NumbanormModule):
         y = NF.batch_norm(input, self.running_mean if use_running else None,
                           self.running_var if use_running else None, self.weight, self.bias, bn_training, factor,
                           self.eps)
+        if bump:
+            self.num_batches_tracked.add_(1)
+        return y
+
+    def _epilogue(self, input, residual):
+        self._epilogue_unsupported(input, residual)
+        factor, bump = self._factor()
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        use_running = not self.training or self.track_running_stats
+        y = channel_epilogue("batch_norm", input, residual, self.weight, self.bias, self.activation,
+                             running_mean=self.running_mean if use_running else None,
+                             running_var=self.running_var if use_running else None, flag=bn_training,
+                             momentum=factor, eps=self.eps, use_input_stats=bn_training)
         if bump:
             self.num_batches_tracked.add_(1)
         return y
@@ -103,6 +141,24 @@ class BatchNorm3d(_BatchNorm, torch.nn.BatchNorm3d):
 
 class _InstanceNorm(NumbanormModule):
     _numbanorm_replaces = ("forward", "_apply_instance_norm")
+
+    def __init__(self, *args, activation=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_activation(activation)
+
+    def forward(self, input, residual=None):
+        """``activation(norm(input) + residual)`` (the fused epilogue) with ``activation`` or a
+        residual, else PyTorch's InstanceNorm forward."""
+        if residual is None and self.activation is None:
+            return super().forward(input)
+        self._epilogue_unsupported(input, residual)
+        if input.dim() == self._get_no_batch_dim():  # unbatched
+            return self.forward(input.unsqueeze(0), None if residual is None else residual.unsqueeze(0)).squeeze(0)
+        use_input_stats = self.training or not self.track_running_stats
+        return channel_epilogue("instance_norm", input, residual, self.weight, self.bias, self.activation,
+                                running_mean=self.running_mean, running_var=self.running_var, flag=use_input_stats,
+                                momentum=self.momentum if self.momentum is not None else 0.0, eps=self.eps,
+                                use_input_stats=use_input_stats)
 
     def _apply_instance_norm(self, input):
         reason = NF.unsupported_reason(input, self.weight, self.bias, self.running_mean, self.running_var)
@@ -137,7 +193,11 @@ class LayerNorm(NumbanormModule, torch.nn.LayerNorm):
 
     _numbanorm_origin = torch.nn.LayerNorm
 
-    def forward(self, input):
+    def forward(self, input, residual=None):
+        """LayerNorm; with a residual, ``(norm(input + residual), input + residual)`` in one pass."""
+        if residual is not None:
+            self._epilogue_unsupported(input, residual)
+            return skip_norm(True, input, residual, self.normalized_shape, self.weight, self.bias, self.eps)
         return NF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
@@ -146,7 +206,17 @@ class GroupNorm(NumbanormModule, torch.nn.GroupNorm):
 
     _numbanorm_origin = torch.nn.GroupNorm
 
-    def forward(self, input):
+    def __init__(self, *args, activation=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_activation(activation)
+
+    def forward(self, input, residual=None):
+        """``activation(norm(input) + residual)`` (the fused epilogue) with ``activation`` or a
+        residual, else PyTorch's GroupNorm forward."""
+        if residual is not None or self.activation is not None:
+            self._epilogue_unsupported(input, residual)
+            return channel_epilogue("group_norm", input, residual, self.weight, self.bias, self.activation,
+                                    num_groups=self.num_groups, eps=self.eps)
         return NF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
 
@@ -155,7 +225,11 @@ class RMSNorm(NumbanormModule, torch.nn.RMSNorm):
 
     _numbanorm_origin = torch.nn.RMSNorm
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
+        """RMSNorm; with a residual, ``(norm(x + residual), x + residual)`` in one pass."""
+        if residual is not None:
+            self._epilogue_unsupported(x, residual)
+            return skip_norm(False, x, residual, self.normalized_shape, self.weight, None, self.eps)
         return NF.rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
 
@@ -174,6 +248,11 @@ class SyncBatchNorm(_BatchNorm, torch.nn.SyncBatchNorm):
     """
 
     _numbanorm_origin = torch.nn.SyncBatchNorm
+
+    def __init__(self, *args, activation=None, **kwargs):
+        if activation is not None:
+            raise ValueError("numbanorm.torch.SyncBatchNorm has no fused epilogue: use activation=None")
+        super().__init__(*args, **kwargs)
 
     def forward(self, input):
         need_sync = (self.training and torch.distributed.is_available() and torch.distributed.is_initialized()
