@@ -119,3 +119,25 @@ def test_import_does_not_load_numba_cuda():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=env, timeout=120)
+
+
+def test_pickle_and_deepcopy_of_a_layer_on_cuda(cuda, rng):
+    """A layer moved to CUDA pickles with host copies of its arrays and unpickles onto the
+    device (as a PyTorch module with CUDA tensors does), gradients included."""
+    import pickle
+
+    gpu = nn.BatchNorm2d(3, momentum=None).to("cuda")
+    _randomize(gpu, rng)
+    x = cuda.to_device(rng.normal(size=(2, 3, 2, 2)).astype(np.float32))
+    gpu(x)
+    gpu.backward(x)
+    for clone in (pickle.loads(pickle.dumps(gpu)), copy.deepcopy(gpu)):
+        for name in ("weight", "bias", "running_mean", "running_var", "grad_weight", "grad_bias"):
+            assert is_cuda_array(getattr(clone, name)), name
+            assert getattr(clone, name) is not getattr(gpu, name), name
+        _same_state(clone, gpu, 0)
+        assert_close(clone.grad_weight.copy_to_host(), gpu.grad_weight.copy_to_host(), 0, name="grad_weight")
+        assert clone.training and int(clone.num_batches_tracked) == 4
+        clone.eval()
+        assert_close(clone(x).copy_to_host(), gpu.eval()(x).copy_to_host(), 0, name="y eval")
+        gpu.train()
