@@ -385,3 +385,15 @@ def test_errors(rng):
                       lambda: inn.load_state_dict(dict(sd, running_var=np.ones(4, np.float32))))
     _raises_unchanged(inn, RuntimeError,
                       lambda: inn.load_state_dict(dict(sd, extra=np.ones(3, np.float32))))
+
+
+def test_empty_batch_is_normalized_like_group_norm():
+    # N = 0 has positions per instance: an empty result with (0, C) statistics, as GroupNorm(C, C)
+    x = np.zeros((0, 3, 4), np.float32)
+    y, mean, rstd = F.instance_norm(x, return_stats=True)
+    assert y.shape == x.shape and mean.shape == rstd.shape == (0, 3)
+    inn = numbanorm.InstanceNorm1d(3, affine=True, track_running_stats=True)
+    before = snapshot(inn)
+    assert inn(x).shape == x.shape
+    assert_state_unchanged(inn, before)
+    assert inn.backward(x).shape == x.shape and np.array_equal(inn.grad_weight, np.zeros(3))
