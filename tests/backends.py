@@ -38,8 +38,8 @@ def _cuda_state():
     except Exception:  # a broken driver install counts as no GPU
         available = False
     if not available:
-        return False, False, ("numba.cuda was initialised without NUMBA_ENABLE_CUDASIM=1 and there is no GPU: "
-                              "run pytest as its own process (tests/conftest.py turns the simulator on)")
+        return False, False, ("no GPU and the CUDA simulator is off (NUMBA_ENABLE_CUDASIM is not 1, or numba.cuda "
+                              "was imported before tests/conftest.py could turn the simulator on)")
     return True, False, ""
 
 

@@ -148,7 +148,8 @@ def test_float16_and_int_are_rejected_by_every_op(rng, be, fam, dtype):
         fam.forward(be.put(bad), case, pd, **opts)
     with pytest.raises(TypeError, match=match):
         fam.forward(be.put(good), case, pd._replace(weight=be.put(p.weight.astype(dtype))), **opts)
-    _, mean, rstd = fam.forward(be.put(good), case, pd, **opts)
+    _, mean, rstd = fam.forward(good, case, p, **opts)  # valid statistics, computed on the CPU
+    mean, rstd = be.put(mean), be.put(rstd)
     with pytest.raises(TypeError, match=match):
         fam.backward(be.put(bad), be.put(bad), case, mean, rstd, pd, True)
     with pytest.raises(TypeError, match="dtype"):

@@ -4,7 +4,7 @@ input (no copy, the output keeps the layout), non-contiguous views, ``out=``, em
 import numpy as np
 import pytest
 from backends import CPU, CUDA, backend_param, both
-from checks import DTYPES, STATS_TOL, check_functional, check_step, layer_pair, set_mode, tol
+from checks import DTYPES, check_functional, check_step, layer_pair, set_mode, tol
 from families import FAMILIES, Case, Params, cfg_id
 from helpers import assert_close, channels_last, data
 
@@ -36,11 +36,8 @@ def test_channels_last(rng, be, fam, case, cfg, dtype):
         assert tuple(y.strides) == x.strides, f"eval output strides {y.strides}"
     mode = fam.modes[0]
     p = fam.params(rng, case, dtype, "none", running=mode.running)
-    check_functional(be, fam, case, mode.opts, p, x, dy)
-    y, _, rstd = fam.forward(be.put(x), case, Params(), **{k: v for k, v in mode.opts.items() if k == "eps"})
-    assert tuple(y.strides) == x.strides
-    assert_close(be.get(rstd), fam.ref_forward(x, case, Params(), **{k: v for k, v in mode.opts.items()
-                                                                      if k == "eps"})[2], STATS_TOL[y.dtype])
+    check_functional(be, fam, case, mode.opts, p, x, dy)  # values and float64 statistics
+    assert tuple(fam.forward(be.put(x), case, Params(), **mode.opts)[0].strides) == x.strides
 
 
 def _views_grid():
@@ -66,14 +63,16 @@ def test_noncontiguous_views(rng, be, fam, view):
 
 
 def _out_grid():
-    """Every out layout: on the CPU in every mode and dtype, on CUDA in the first mode, float64."""
+    """Every out layout: on the CPU in every mode and dtype; on CUDA in the first mode, float64,
+    contiguous for every family, every layout for BatchNorm and LayerNorm."""
     for fam in FAMILIES:
         for layout in ("contiguous", "channels_last", "strided"):
             for j, mode in enumerate(fam.modes):
                 for dtype in DTYPES:
                     ident = f"{fam}-{mode.name}-{layout}-{np.dtype(dtype)}"
                     yield backend_param("cpu", fam, fam.out_case, mode, layout, dtype, id=f"cpu-{ident}")
-                    if j == 0 and dtype == np.float64:
+                    if j == 0 and dtype == np.float64 and (layout == "contiguous" or fam.name in ("batch_norm",
+                                                                                               "layer_norm")):
                         yield backend_param("cuda", fam, fam.cuda_out_case, mode, layout, dtype, id=f"cuda-{ident}")
 
 

@@ -139,11 +139,13 @@ def test_nan_propagates_within_its_group(rng, be, fam):
 
 
 def _odd_grid():
-    """Every case in both dtypes on the CPU; the small ones in float32 on CUDA."""
+    """Every case in both dtypes on the CPU; each family's first two small ones (at most 21
+    elements, sizes 1, 3 or 7) in float32 on CUDA."""
     for fam in FAMILIES:
+        small = [case for case in fam.odd_cases if math.prod(case.shape) <= 21 and max(case.shape) > 1][:2]
         for case in fam.odd_cases:
             yield backend_param("cpu", fam, case, DTYPES, id=f"cpu-{fam}-{case}")
-            if math.prod(case.shape) <= 64 and max(case.shape) > 1:
+            if case in small:
                 yield backend_param("cuda", fam, case, [np.float32], id=f"cuda-{fam}-{case}")
 
 
@@ -170,7 +172,7 @@ def parallel_kernels(monkeypatch):
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", [np.float64])  # the kernels test_paths.py compiles: no extra compilation
 @pytest.mark.parametrize("fam,layout", [(fam, layout) for fam in FAMILIES for layout in ("contiguous", "channels_last")
                                         if fam.channels or layout == "contiguous"], ids=str)
 def test_one_and_two_threads_agree(rng, parallel_kernels, fam, dtype, layout):
