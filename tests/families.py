@@ -71,6 +71,7 @@ class Family:
     ref_forward: Any
     ref_backward: Any
     input_stats: Any = lambda opts, p: True  # did the forward normalize with the input's own statistics?
+    ref_layer: Any = None       # the stateful reference class (per-channel families); else a RefLayer
     bias: bool = True           # has a bias (RMSNorm has none)
     running: bool = False       # has running statistics (BatchNorm, InstanceNorm)
     centered: bool = True       # subtracts the mean (RMSNorm does not)
@@ -88,7 +89,7 @@ class Family:
     batch_of_one: list          # Cases with N = 1, against PyTorch
     odd_cases: list             # odd sizes (1, 3, 7, 1023); the small ones also on CUDA
     views: list                 # (function of base array -> non-contiguous view, base shape, arg, cfg);
-    #                             the small ones also on CUDA
+    #                             each family's smallest also on CUDA
     cl_cases: list = field(default_factory=list)       # (Case, cfg) run channels-last, CPU only
     cuda_cl_cases: list = field(default_factory=list)  # (Case, cfg) run channels-last on both backends
     out_case: Case              # functional ``out=`` (CPU)
@@ -122,10 +123,8 @@ class Family:
         """A stateful float64 reference with ``layer``'s current weight and bias."""
         w = None if layer.weight is None else np.array(host(layer.weight), np.float64)
         b = None if layer.bias is None else np.array(host(layer.bias), np.float64)
-        if self.name == "batch_norm":
-            return ref.RefBatchNorm(case.shape[1], weight=w, bias=b, **cfg)
-        if self.name == "instance_norm":
-            return ref.RefInstanceNorm(case.shape[1], weight=w, bias=b, **cfg)
+        if self.ref_layer is not None:
+            return self.ref_layer(case.shape[1], weight=w, bias=b, **cfg)
         return RefLayer(self, case, w, b, cfg.get("eps", self.default_eps))
 
     def params(self, rng, case, dtype, affine="wb", running=False):
@@ -245,6 +244,7 @@ BATCH_NORM = Family(
     labels=lambda case: _index(case.shape, (1,)),
     **_running_calls(F.batch_norm, F.batch_norm_backward, ref.batch_norm, ref.batch_norm_backward),
     input_stats=lambda opts, p: bool(opts.get("training")) or p.running_mean is None,
+    ref_layer=ref.RefBatchNorm,
     modes=(Mode("train", dict(training=True, momentum=0.2, eps=1e-4), running=True),
            Mode("eval", dict(training=False, eps=1e-3), running=True),
            Mode("batch-stats", dict(training=False)),
@@ -404,6 +404,7 @@ INSTANCE_NORM = Family(
     labels=lambda case: _index(case.shape, (0, 1)),
     **_running_calls(F.instance_norm, F.instance_norm_backward, ref.instance_norm, ref.instance_norm_backward),
     input_stats=lambda opts, p: opts.get("use_input_stats", True),
+    ref_layer=ref.RefInstanceNorm,
     modes=(Mode("train", dict(use_input_stats=True, momentum=0.3, eps=1e-4), running=True),
            Mode("eval", dict(use_input_stats=False), running=True),
            Mode("no-running", dict())),
