@@ -681,7 +681,7 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     n = x.shape[0]
     if use_input_stats:
         momentum = v.check_momentum(momentum, allow_none=False)
-        spatial = x.size // (n * c) if n * c else 0
+        spatial = math.prod(x.shape[2:])
         if spatial <= 1:
             raise ValueError(f"Expected more than 1 spatial element when training, got input size {tuple(x.shape)}")
     relu = v.check_activation(activation)

@@ -2,7 +2,8 @@
 
 The suite runs on 2 cores: Numba and PyTorch are both limited to 2 threads.
 PyTorch is optional: tests that compare against it take the ``torch`` fixture,
-which skips cleanly when torch is not installed.
+which skips cleanly when torch is not installed. CUDA variants run under the CUDA
+simulator, chosen here (through ``backends``) before anything imports ``numba.cuda``.
 """
 
 import os
@@ -16,6 +17,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+import backends  # noqa: E402, F401  (turns the CUDA simulator on first)
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 

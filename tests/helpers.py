@@ -13,6 +13,18 @@ def tol_for(dtype):
     return TOL[np.dtype(dtype)]
 
 
+def data(rng, shape, dtype, loc=0.5, scale=2.0):
+    """Normal data of mean ``loc`` and std ``scale`` in ``dtype``."""
+    return (loc + scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def host(a):
+    """A NumPy copy of a NumPy or CUDA device array (None passes through)."""
+    if a is None:
+        return None
+    return a.copy_to_host() if hasattr(a, "copy_to_host") else np.array(a, copy=True)
+
+
 def assert_close(got, expected, rtol, atol=None, name="value"):
     """max|got - expected| <= atol + rtol * max|expected| (NaNs must coincide).
 
@@ -66,11 +78,10 @@ def is_channels_last(a):
 
 
 def snapshot(layer):
-    """Deep copies of a layer's parameters and buffers (None kept as None)."""
+    """Host copies of a layer's parameters and buffers (None kept as None), on any device."""
     snap = {}
     for name in STATE_NAMES:
-        v = getattr(layer, name, None)
-        snap[name] = None if v is None else np.array(v, copy=True)
+        snap[name] = host(getattr(layer, name, None))
     snap["training"] = layer.training
     return snap
 
@@ -82,7 +93,7 @@ def assert_state_unchanged(layer, snap):
             assert v is None, f"{name} appeared"
             continue
         assert v is not None, f"{name} disappeared"
-        v = np.asarray(v)
+        v = host(v)
         assert v.dtype == snap[name].dtype, f"{name} dtype changed {snap[name].dtype} -> {v.dtype}"
         assert v.shape == snap[name].shape, f"{name} shape changed"
         assert np.array_equal(v, snap[name], equal_nan=True), f"{name} values changed"

@@ -22,21 +22,12 @@ statistics), dx = dxhat * rstd.
 
 import numpy as np
 
-__all__ = [
-    "bn_momentum_factor",
-    "batch_norm",
-    "batch_norm_backward",
-    "RefBatchNorm",
-    "layer_norm",
-    "layer_norm_backward",
-    "rms_eps",
-    "rms_norm",
-    "rms_norm_backward",
-    "group_norm",
-    "group_norm_backward",
-    "instance_norm",
-    "instance_norm_backward",
-    "RefInstanceNorm",
+__all__ = [  # one line per family
+    "bn_momentum_factor", "batch_norm", "batch_norm_backward", "RefBatchNorm",
+    "layer_norm", "layer_norm_backward",
+    "rms_eps", "rms_norm", "rms_norm_backward",
+    "group_norm", "group_norm_backward",
+    "instance_norm", "instance_norm_backward", "RefInstanceNorm",
     "fd_grads",
 ]
 
@@ -52,6 +43,16 @@ def _chan_shape(x):
 
 def _bn_axes(x):
     return (0,) + tuple(range(2, x.ndim))
+
+
+def _channel_affine(y, weight, bias):
+    """y * weight + bias with per-channel (axis 1) weight and bias, either may be None."""
+    shp = _chan_shape(y)
+    if weight is not None:
+        y = y * _f64(weight).reshape(shp)
+    if bias is not None:
+        y = y + _f64(bias).reshape(shp)
+    return y
 
 
 def _moments(x, axes):
@@ -111,11 +112,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None,
     else:
         mean, var = rm, rv
     invstd = 1.0 / np.sqrt(var + eps)
-    y = (x - mean.reshape(shp)) * invstd.reshape(shp)
-    if weight is not None:
-        y = y * _f64(weight).reshape(shp)
-    if bias is not None:
-        y = y + _f64(bias).reshape(shp)
+    y = _channel_affine((x - mean.reshape(shp)) * invstd.reshape(shp), weight, bias)
     return y, mean, invstd, new_rm, new_rv
 
 
@@ -136,11 +133,12 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, bias=None, use_input_s
     return dx, dweight, dbias
 
 
-class RefBatchNorm:
-    """Stateful reference mirroring torch.nn.BatchNormNd (float64 state)."""
+class _RefChannelNorm:
+    """The stateful per-channel references: float64 weight and bias (ones and zeros unless
+    given) with ``affine``, running statistics with ``track_running_stats``; subclasses give
+    the functions and ``_step`` (whether the input's statistics are used, the momentum)."""
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, weight=None, bias=None):
+    def __init__(self, num_features, eps, momentum, affine, track_running_stats, weight, bias):
         self.eps = eps
         self.momentum = momentum
         self.training = True
@@ -148,31 +146,41 @@ class RefBatchNorm:
         if affine:
             self.weight = np.ones(num_features) if weight is None else _f64(weight).copy()
             self.bias = np.zeros(num_features) if bias is None else _f64(bias).copy()
-        if track_running_stats:
-            self.running_mean = np.zeros(num_features)
-            self.running_var = np.ones(num_features)
-            self.num_batches_tracked = 0
-        else:
-            self.running_mean = self.running_var = self.num_batches_tracked = None
+        self.running_mean = np.zeros(num_features) if track_running_stats else None
+        self.running_var = np.ones(num_features) if track_running_stats else None
 
     def forward(self, x):
+        use_input_stats, momentum = self._step()
+        y, mean, rstd, rm, rv = self._function(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                               use_input_stats, momentum, self.eps)
+        if use_input_stats and self.running_mean is not None:
+            self.running_mean, self.running_var = rm, rv
+        self._saved = (_f64(x), mean, rstd, use_input_stats)
+        return y
+
+    def backward(self, dy):
+        x, mean, rstd, use_input_stats = self._saved
+        return self._backward_function(dy, x, mean, rstd, self.weight, self.bias, use_input_stats)
+
+
+class RefBatchNorm(_RefChannelNorm):
+    """Stateful reference mirroring torch.nn.BatchNormNd (float64 state)."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, weight=None, bias=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, weight, bias)
+        self.num_batches_tracked = 0 if track_running_stats else None
+
+    _function = staticmethod(batch_norm)
+    _backward_function = staticmethod(batch_norm_backward)
+
+    def _step(self):
+        """(batch statistics?, momentum factor) of this forward; counts a training batch."""
         factor = 0.0
         if self.training and self.running_mean is not None:
             self.num_batches_tracked += 1
             factor = bn_momentum_factor(self.momentum, self.num_batches_tracked)
-        use_batch = self.training or self.running_mean is None
-        y, mean, invstd, rm, rv = batch_norm(
-            x, self.running_mean, self.running_var, self.weight, self.bias,
-            training=use_batch, momentum=factor, eps=self.eps)
-        if self.training and self.running_mean is not None:
-            self.running_mean, self.running_var = rm, rv
-        self._saved = (_f64(x), mean, invstd, use_batch)
-        return y
-
-    def backward(self, dy):
-        x, mean, invstd, use_batch = self._saved
-        return batch_norm_backward(dy, x, mean, invstd, self.weight, self.bias,
-                                   use_input_stats=use_batch)
+        return self.training or self.running_mean is None, factor
 
 
 # ----------------------------------------------------------------------------
@@ -268,12 +276,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     xg = _grouped(x, num_groups)
     mean, var = _moments(xg, (2,))
     rstd = 1.0 / np.sqrt(var + eps)
-    y = ((xg - mean) * rstd).reshape(x.shape)
-    shp = _chan_shape(x)
-    if weight is not None:
-        y = y * _f64(weight).reshape(shp)
-    if bias is not None:
-        y = y + _f64(bias).reshape(shp)
+    y = _channel_affine(((xg - mean) * rstd).reshape(x.shape), weight, bias)
     return y, mean.reshape(n, num_groups), rstd.reshape(n, num_groups)
 
 
@@ -326,12 +329,7 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         var = np.broadcast_to(rv, (n, c)).copy()
     rstd = 1.0 / np.sqrt(var + eps)
     kshape = (n, c) + (1,) * (x.ndim - 2)
-    y = (x - mean.reshape(kshape)) * rstd.reshape(kshape)
-    shp = _chan_shape(x)
-    if weight is not None:
-        y = y * _f64(weight).reshape(shp)
-    if bias is not None:
-        y = y + _f64(bias).reshape(shp)
+    y = _channel_affine((x - mean.reshape(kshape)) * rstd.reshape(kshape), weight, bias)
     return y, mean, rstd, new_rm, new_rv
 
 
@@ -354,7 +352,7 @@ def instance_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_
     return dx, dweight, dbias
 
 
-class RefInstanceNorm:
+class RefInstanceNorm(_RefChannelNorm):
     """Stateful reference mirroring torch.nn.InstanceNormNd (float64 state).
 
     PyTorch passes momentum=None to F.instance_norm as 0.0 (running stats then
@@ -363,34 +361,14 @@ class RefInstanceNorm:
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False,
                  track_running_stats=False, weight=None, bias=None):
-        self.eps = eps
-        self.momentum = momentum
-        self.training = True
-        self.weight = self.bias = None
-        if affine:
-            self.weight = np.ones(num_features) if weight is None else _f64(weight).copy()
-            self.bias = np.zeros(num_features) if bias is None else _f64(bias).copy()
-        if track_running_stats:
-            self.running_mean = np.zeros(num_features)
-            self.running_var = np.ones(num_features)
-        else:
-            self.running_mean = self.running_var = None
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, weight, bias)
 
-    def forward(self, x):
-        use_input = self.training or self.running_mean is None
-        mom = 0.0 if self.momentum is None else self.momentum
-        y, mean, rstd, rm, rv = instance_norm(
-            x, self.running_mean, self.running_var, self.weight, self.bias,
-            use_input_stats=use_input, momentum=mom, eps=self.eps)
-        if use_input and self.running_mean is not None:
-            self.running_mean, self.running_var = rm, rv
-        self._saved = (_f64(x), mean, rstd, use_input)
-        return y
+    _function = staticmethod(instance_norm)
+    _backward_function = staticmethod(instance_norm_backward)
 
-    def backward(self, dy):
-        x, mean, rstd, use_input = self._saved
-        return instance_norm_backward(dy, x, mean, rstd, self.weight, self.bias,
-                                      use_input_stats=use_input)
+    def _step(self):
+        """(instance statistics?, momentum); momentum None is 0 as in PyTorch."""
+        return self.training or self.running_mean is None, 0.0 if self.momentum is None else self.momentum
 
 
 # ----------------------------------------------------------------------------

@@ -12,23 +12,21 @@ an identity cannot hold by being wrong twice.
 import numpy as np
 import pytest
 import reference as ref
-from helpers import assert_close, channels_last, tol_for
+from helpers import assert_close, channels_last, data, tol_for
 
 import numbanorm
 
 DTYPES = [np.float32, np.float64]
 
 
-def _data(rng, shape, dtype):
-    return (0.5 + 2.0 * rng.standard_normal(shape)).astype(dtype)
+def _inputs(rng, shape, dtype):
+    """x (mean 0.5, std 2) and dy for ``shape``, and the tolerance of ``dtype``."""
+    return data(rng, shape, dtype), rng.standard_normal(shape).astype(dtype), tol_for(dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_groupnorm_one_group_is_layernorm(rng, dtype):
-    tol = tol_for(dtype)
-    shape = (3, 4, 3, 5)
-    x = _data(rng, shape, dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
+    x, dy, tol = _inputs(rng, (3, 4, 3, 5), dtype)
     gn = numbanorm.GroupNorm(1, 4, affine=False, dtype=dtype)
     ln = numbanorm.LayerNorm((4, 3, 5), elementwise_affine=False, dtype=dtype)
     yg, yl = gn(x), ln(x)
@@ -39,10 +37,8 @@ def test_groupnorm_one_group_is_layernorm(rng, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_groupnorm_c_groups_is_instancenorm(rng, dtype):
-    tol = tol_for(dtype)
-    shape = (3, 4, 3, 5)
-    x = channels_last(_data(rng, shape, dtype))
-    dy = rng.standard_normal(shape).astype(dtype)
+    x, dy, tol = _inputs(rng, (3, 4, 3, 5), dtype)
+    x = channels_last(x)
     gn = numbanorm.GroupNorm(4, 4, dtype=dtype)
     inn = numbanorm.InstanceNorm2d(4, affine=True, dtype=dtype)
     w = rng.uniform(0.5, 1.5, 4).astype(dtype)
@@ -84,10 +80,7 @@ def test_rmsnorm_on_zero_mean_rows_is_layernorm(rng, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_batchnorm2d_is_batchnorm1d_on_flattened_view(rng, dtype):
-    tol = tol_for(dtype)
-    shape = (3, 4, 2, 5)
-    x = _data(rng, shape, dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
+    x, dy, tol = _inputs(rng, (3, 4, 2, 5), dtype)
     bn2 = numbanorm.BatchNorm2d(4, dtype=dtype)
     bn1 = numbanorm.BatchNorm1d(4, dtype=dtype)
     w = rng.uniform(0.5, 1.5, 4).astype(dtype)

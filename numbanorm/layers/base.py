@@ -217,7 +217,20 @@ class NormBase:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_saved"] = None  # the forward input is not state
+        # Device arrays do not pickle: they travel as host copies and go back to the
+        # device on unpickling (as PyTorch does with CUDA tensors).
+        on_cuda = [name for name, value in state.items() if _device.is_cuda_array(value)]
+        for name in on_cuda:
+            state[name] = _device.to_host(state[name])
+        if on_cuda:
+            state["_cuda_names"] = on_cuda
         return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        for name in state.pop("_cuda_names", ()):
+            state[name] = _device.move(state[name], "cuda")
+        self.__dict__.update(state)
 
     def __copy__(self):
         new = type(self).__new__(type(self))
@@ -226,7 +239,7 @@ class NormBase:
 
     def __deepcopy__(self, memo):
         new = type(self).__new__(type(self))
-        new.__dict__.update(copy.deepcopy(self.__getstate__(), memo))
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
         return new
 
     def extra_repr(self):

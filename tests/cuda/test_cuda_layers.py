@@ -1,32 +1,22 @@
-"""Layers moved with ``.to("cuda")`` against the same layers on the CPU, on tiny inputs.
+"""CUDA-only layer behaviour: ``layer.to("cuda")`` / ``.to("cpu")``, state and dtype changes
+on the device, and ``import numbanorm`` not importing ``numba.cuda``.
 
-Run as ``NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cuda`` (see conftest.py).
+What every layer computes on CUDA (against the reference and the CPU) runs in the
+table-driven ``tests/test_families_*.py``, pickling a layer on CUDA included.
 """
 
-import copy
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from checks import check_same_state
+from families import FAMILIES
 from helpers import assert_close
 
 import numbanorm as nn
 from numbanorm._device import is_cuda_array
-
-LAYERS = {
-    "BatchNorm1d-2d": (lambda: nn.BatchNorm1d(3), (5, 3)),
-    "BatchNorm1d-cumulative": (lambda: nn.BatchNorm1d(3, momentum=None), (4, 3, 2)),
-    "BatchNorm2d": (lambda: nn.BatchNorm2d(3), (2, 3, 2, 3)),
-    "BatchNorm3d": (lambda: nn.BatchNorm3d(2), (2, 2, 2, 1, 3)),
-    "LayerNorm": (lambda: nn.LayerNorm((2, 5)), (3, 2, 5)),
-    "RMSNorm": (lambda: nn.RMSNorm(5), (3, 5)),
-    "GroupNorm": (lambda: nn.GroupNorm(2, 4), (2, 4, 3)),
-    "InstanceNorm1d": (lambda: nn.InstanceNorm1d(3, affine=True, track_running_stats=True), (2, 3, 5)),
-    "InstanceNorm2d": (lambda: nn.InstanceNorm2d(3), (2, 3, 2, 2)),
-}
-RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-11}
 
 
 def _randomize(layer, rng):
@@ -37,59 +27,31 @@ def _randomize(layer, rng):
     layer.load_state_dict(state)
 
 
-def _same_state(gpu, cpu, rtol):
-    got, expected = gpu.state_dict(), cpu.state_dict()
-    assert got.keys() == expected.keys()
-    for key, value in expected.items():
-        assert isinstance(got[key], np.ndarray), f"state_dict()[{key!r}] is not a NumPy array"
-        assert got[key].dtype == value.dtype, key
-        assert_close(got[key], value, rtol, name=key)
-
-
-@pytest.mark.parametrize("x_dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name", list(LAYERS))
-def test_layer_to_cuda_matches_cpu(cuda, rng, name, x_dtype):
-    make, shape = LAYERS[name]
-    cpu = make()
+@pytest.mark.parametrize("fam", FAMILIES, ids=str)
+def test_to_cuda_and_back_to_cpu(cuda, rng, fam):
+    """Parameters and running statistics become device arrays and come back as NumPy
+    arrays; the state trained on the device is the state the CPU would have."""
+    case, cfg = fam.cuda_layer_cases[0]
+    cpu = fam.make(case, **cfg)
     _randomize(cpu, rng)
-    gpu = copy.deepcopy(cpu)
+    gpu = fam.make(case, **cfg)
+    gpu.load_state_dict(cpu.state_dict())
     assert gpu.to("cuda") is gpu
     for p in gpu.parameters():
         assert is_cuda_array(p)
     if gpu.running_mean is not None:
         assert is_cuda_array(gpu.running_mean) and is_cuda_array(gpu.running_var)
-    rtol = RTOL[np.dtype(x_dtype)]
-
-    for step in range(2):
-        x = rng.normal(1.0, 2.0, shape).astype(x_dtype)
-        dy = rng.normal(size=shape).astype(x_dtype)
-        y = cpu(x)
-        y_d = gpu(cuda.to_device(x))
-        assert is_cuda_array(y_d)
-        assert_close(y_d.copy_to_host(), y, rtol, name=f"y step {step}")
-        dx = cpu.backward(dy)
-        dx_d = gpu.backward(cuda.to_device(dy))
-        assert_close(dx_d.copy_to_host(), dx, 10 * rtol, name=f"dx step {step}")
-        for attr in ("grad_weight", "grad_bias"):
-            expected = getattr(cpu, attr)
-            got = getattr(gpu, attr)
-            if expected is None:
-                assert got is None, attr
-            else:
-                assert is_cuda_array(got), attr
-                assert_close(got.copy_to_host(), expected, 10 * rtol, name=attr)
-        _same_state(gpu, cpu, 1e-6)
-
-    x = rng.normal(size=shape).astype(x_dtype)
-    assert gpu.eval() is gpu
-    cpu.eval()
-    assert_close(gpu(cuda.to_device(x)).copy_to_host(), cpu(x), rtol, name="y eval")
-
+    x = rng.normal(1.0, 2.0, case.shape).astype(np.float32)
+    y = gpu(cuda.to_device(x))
+    assert is_cuda_array(y)
+    cpu(x)
     assert gpu.to("cpu") is gpu
     for p in list(gpu.parameters()) + [gpu.running_mean, gpu.running_var]:
         assert p is None or isinstance(p, np.ndarray)
-    _same_state(gpu, cpu, 1e-6)
-    assert_close(gpu(x), cpu(x), rtol, name="y back on the cpu")
+    check_same_state(gpu, cpu, 1e-6)
+    gpu.eval()
+    cpu.eval()
+    assert_close(gpu(x), cpu(x), 1e-5, name="y back on the cpu")
 
 
 def test_state_and_dtype_on_cuda(cuda, rng):
@@ -98,7 +60,7 @@ def test_state_and_dtype_on_cuda(cuda, rng):
     _randomize(cpu, rng)
     gpu = nn.BatchNorm2d(3).to("cuda")
     gpu.load_state_dict(cpu.state_dict())
-    _same_state(gpu, cpu, 0)
+    check_same_state(gpu, cpu, 0)
     assert gpu.to(np.float64) is gpu and gpu.dtype is np.float64
     assert is_cuda_array(gpu.weight) and gpu.weight.dtype == np.float64
     assert_close(gpu.running_var.copy_to_host(), cpu.running_var, 1e-7, name="running_var")
