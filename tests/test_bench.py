@@ -849,20 +849,26 @@ def asv_modules():
     path = os.path.join(ROOT, "asv_benchmarks")
     sys.path.insert(0, path)
     try:
-        names = ["batchnorm", "layernorm", "rmsnorm", "groupnorm", "instancenorm"]
+        names = ["batchnorm", "layernorm", "rmsnorm", "groupnorm", "instancenorm", "epilogue"]
         yield {n: importlib.import_module(f"benchmarks.{n}") for n in names}
     finally:
         sys.path.remove(path)
 
 
 def _benchmark_classes(modules):
-    from benchmarks.common import MemoryBenchmark, PassBenchmark, RatioBenchmark
+    from benchmarks.common import (
+        EpilogueRatioBenchmark,
+        MemoryBenchmark,
+        PassBenchmark,
+        RatioBenchmark,
+    )
 
+    bases = (PassBenchmark, RatioBenchmark, EpilogueRatioBenchmark, MemoryBenchmark)
     for module in modules.values():
         for name, obj in vars(module).items():
             if (isinstance(obj, type) and not name.startswith("_")
                     and not inspect.isabstract(obj)  # the bases, as asv sees them
-                    and issubclass(obj, (PassBenchmark, RatioBenchmark, MemoryBenchmark))):
+                    and issubclass(obj, bases)):
                 yield obj
 
 
@@ -887,6 +893,29 @@ def test_asv_grids_cover_every_canonical_row(asv_modules):
     spec = {(c.op, c.shape, c.layout, c.dtype) for c in bench.canonical_cases()}
     for rows in covered.values():
         assert spec <= rows
+    # the fused rows: time and ratios (no memory benchmark)
+    fused = {(c.op, c.shape, c.layout, c.dtype) for c in bench.fused_cases()}
+    assert fused <= covered[""] and fused <= covered["Ratios"]
+    assert not fused & covered["Memory"]
+    for cls in classes:
+        if cls.op in bench.FUSED_OPS:
+            assert cls.params[2] == ["float32"]  # no grid points asv would only skip
+            assert hasattr(cls, "time_pass") or (hasattr(cls, "track_vs_unfused")
+                                                and not hasattr(cls, "track_vs_ort"))
+        else:
+            assert not hasattr(cls, "track_vs_unfused")
+
+
+def test_asv_fused_rows_share_the_one_setup_cache(asv_modules):
+    common = importlib.import_module("benchmarks.common")
+    from asv_runner.benchmarks._base import get_setup_cache_key
+
+    epi = asv_modules["epilogue"]
+    keys = {get_setup_cache_key(cls.setup_cache) for cls in (
+        asv_modules["layernorm"].LayerNormRatios, asv_modules["batchnorm"].BatchNorm2dRatios,
+        epi.BatchNorm2dAddReLURatios, epi.AddLayerNormRatios, epi.AddRMSNormRatios)}
+    assert len(keys) == 1  # one measurement of every row per asv run
+    assert common.DEFAULT_CASES == bench.canonical_cases() + bench.fused_cases()
 
 
 def test_asv_uses_public_bench_helpers_only():
@@ -949,6 +978,61 @@ def test_asv_ratios_are_the_measured_rows(asv_modules, monkeypatch):
     broken = {k: dict(v, error="RuntimeError: boom") for k, v in rows.items()}
     with pytest.raises(RuntimeError, match="boom"):
         r.setup(broken, *params)
+
+
+@pytest.mark.parametrize(("cls_name", "op", "shape", "layout"), [
+    ("AddLayerNorm", "add+LayerNorm", (16, 32), "contiguous"),
+    ("AddRMSNorm", "add+RMSNorm", (16, 32), "contiguous"),
+    ("BatchNorm2dAddReLU", "BatchNorm2d+add+relu", (2, 4, 3, 3), "channels_last"),
+])
+def test_asv_fused_benchmarks_run_on_a_small_row(asv_modules, monkeypatch, cls_name, op, shape,
+                                                 layout):
+    common = importlib.import_module("benchmarks.common")
+    monkeypatch.setattr(common, "FULL_GRID", True)  # a small shape outside the default rows
+    epi = asv_modules["epilogue"]
+    case = bench.Case(op, shape, layout)
+    rows = common.measure_rows([case], repeat=2, min_time=0.0)
+    assert len(rows) == len(case.passes)  # no eval forward for a skip row
+    params = (shape, layout, "float32")
+    for pass_ in bench.PASSES:
+        b = getattr(epi, cls_name)()
+        r = getattr(epi, cls_name + "Ratios")()
+        if pass_ not in case.passes:
+            with pytest.raises(NotImplementedError):
+                b.setup(*params, pass_)
+            with pytest.raises(NotImplementedError):
+                r.setup(rows, *params, pass_)
+            continue
+        b.setup(*params, pass_)
+        assert b.case.fused and b.run.pool.residuals is not None
+        assert (b.run.pool.dsums is not None) == (case.skip and pass_ == "train_step")
+        b.time_pass(*params, pass_)
+        r.setup(rows, *params, pass_)
+        row = rows[common.row_key(case, pass_)]
+        assert r.track_vs_unfused(rows, *params, pass_) == row["vs_unfused"] > 0
+        assert r.track_copies(rows, *params, pass_) == row["copies"] > 0
+        vs_torch = r.track_vs_torch(rows, *params, pass_)
+        assert math.isnan(vs_torch) if bench.import_torch() is None else vs_torch == row["vs_torch"] > 0
+
+
+def test_asv_vs_unfused_is_the_paired_ratio(asv_modules, monkeypatch):
+    common = importlib.import_module("benchmarks.common")
+    samples = {"numbanorm": [2.0, 4.0, 8.0], "unfused": [3.0, 4.0, 24.0], "torch": [4.0, 4.0, 4.0],
+               "copy": [1.0, 1.0, 2.0]}
+
+    def fake_time_interleaved(runners, **kwargs):
+        return {name: {"median": statistics.median(samples[name]), "min": min(samples[name]),
+                       "samples": samples[name], "number": 1, "repeat": 3} for name in runners}
+
+    monkeypatch.setattr(timing, "time_interleaved", fake_time_interleaved)
+    case = bench.fused_cases()[2]  # add+LayerNorm (8192, 768): a default row
+    rows = common.measure_rows([case], passes=["train_forward"])
+    r = asv_modules["epilogue"].AddLayerNormRatios()
+    params = ((8192, 768), "contiguous", "float32", "train_forward")
+    r.setup(rows, *params)
+    assert r.track_vs_unfused(rows, *params) == statistics.median([1.5, 1.0, 3.0])
+    if bench.import_torch() is not None:
+        assert r.track_vs_torch(rows, *params) == statistics.median([2.0, 1.0, 0.5])
 
 
 def test_asv_memory_tracks_see_temporaries(asv_modules, monkeypatch):
