@@ -61,16 +61,19 @@ def test_main_tiny_writes_table_json_and_png(tmp_path):
                     out=out)
     assert rc == 0, out.getvalue()
     header, body = _table_rows(out.getvalue())
-    for column in ("op", "shape", "layout", "dtype", "pass", "numbanorm", "pytorch", "ort",
-                   "copy", "vs torch", "vs ort", "copies"):
+    for column in ("op", "shape", "layout", "dtype", "pass", "numbanorm", "unfused", "pytorch",
+                   "ort", "copy", "vs torch", "vs unfused", "vs ort", "copies"):
         assert column in header
-    cases = bench.tiny_cases()
-    assert len(body) == len(cases) * len(bench.PASSES)
+    cases = bench.tiny_cases() + bench.tiny_fused_cases()
+    assert len(body) == sum(len(c.passes) for c in cases)
     assert not any("error" in line for line in body)
-    # ONNX Runtime cells: "-" on training passes, a value (or n/a) on eval rows
-    for line, cell in zip(body, _column(header, body, "vs ort"), strict=True):
-        assert (cell != "-") == ("eval_forward" in line)
-
+    # ONNX Runtime cells: "-" on training passes and fused rows, a value (or n/a) on eval rows;
+    # unfused cells: "-" except on fused rows
+    for line, ort, unfused in zip(body, _column(header, body, "vs ort"),
+                                  _column(header, body, "vs unfused"), strict=True):
+        fused = _cells(line)[0] in bench.FUSED_OPS
+        assert (ort != "-") == ("eval_forward" in line and not fused)
+        assert (unfused != "-") == fused
     data = json.loads(json_path.read_text())
     assert data["meta"]["threads"] == 2
     assert data["meta"]["cache"]["mode"] == "cold"
@@ -92,7 +95,13 @@ def test_main_tiny_writes_table_json_and_png(tmp_path):
         if data["meta"]["torch"] is not None:
             assert r["vs_torch"] == pytest.approx(statistics.median(
                 t / o for t, o in zip(r["samples"]["torch"], ours, strict=True)))
-        if r["pass"] != "eval_forward":
+        if r["op"] in bench.FUSED_OPS:
+            assert r["vs_unfused"] == pytest.approx(statistics.median(
+                u / o for u, o in zip(r["samples"]["unfused"], ours, strict=True)))
+        else:
+            assert r["unfused_s"] is None and r["vs_unfused"] is None
+            assert "unfused" not in r["samples"]
+        if r["pass"] != "eval_forward" or r["op"] in bench.FUSED_OPS:
             assert r["ort_s"] is None and "ort" not in r["samples"] and "ort" not in r["notes"]
         elif r["ort_s"] is not None:
             assert r["vs_ort"] == pytest.approx(statistics.median(
@@ -159,7 +168,8 @@ def test_no_torch_option(tmp_path):
     rc = bench.main(["--tiny", *FAST, "--no-torch", "--filter", "RMSNorm"], out=out)
     assert rc == 0
     _, body = _table_rows(out.getvalue())
-    assert len(body) == 3 and all("n/a" in line for line in body)
+    # RMSNorm's three passes, add+RMSNorm's two
+    assert len(body) == 5 and all("n/a" in line for line in body)
 
 
 def test_plot_without_matplotlib_is_one_clear_line(tmp_path, monkeypatch, capsys):
@@ -191,10 +201,12 @@ def test_filter_pass_and_threads_list():
     assert rc == 0
     header, body = _table_rows(out.getvalue())
     assert "threads" in header
-    # LayerNorm float32 and float64, RMSNorm; one pass; two thread counts
-    assert len(body) == 3 * 2
+    # LayerNorm float32 and float64, RMSNorm, add+LayerNorm, add+RMSNorm; one pass; two
+    # thread counts
+    assert len(body) == 5 * 2
     assert all("train_step" in line for line in body)
-    assert all(line.split()[0] in ("LayerNorm", "RMSNorm") for line in body)
+    assert {line.split()[0] for line in body} == {"LayerNorm", "RMSNorm", "add+LayerNorm",
+                                                  "add+RMSNorm"}
 
 
 def test_usage_errors(capsys):
@@ -501,6 +513,249 @@ def test_hot_reads_one_input(tmp_path, monkeypatch):
     assert p.hot and p.xs[0] is x and p.dys[0] is dy and [p.take() for _ in range(3)] == [0, 0, 0]
 
 
+# ---------------------------------------------------------------- fused epilogue
+
+FUSED_TEST_CASES = bench.tiny_fused_cases() + [
+    bench.Case("BatchNorm2d+add+relu", (3, 4, 5, 2), "channels_last", "float64"),
+    bench.Case("add+LayerNorm", (4, 8), dtype="float64"),
+]
+FUSED_ROWS = [(c, p) for c in FUSED_TEST_CASES for p in c.passes]
+
+
+def _as_tuple(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _fused_pool(case, pass_, seed=5):
+    x, dy = bench.make_input(case, seed=seed)
+    residual, dsum = bench.make_epilogue_input(case, seed=seed + 1)
+    step = pass_ == "train_step"
+    return bench.make_pool(x, dy if step else None, residual=residual,
+                           dsum=dsum if step else None, cache=SMALL_L3)
+
+
+def _random_params(layer, rng):
+    for name in ("weight", "bias", "running_mean"):
+        arr = getattr(layer, name, None)
+        if arr is not None:
+            arr[...] = rng.standard_normal(arr.shape)
+    if getattr(layer, "running_var", None) is not None:
+        layer.running_var[...] = rng.uniform(0.5, 2.0, layer.running_var.shape)
+
+
+@pytest.mark.parametrize(("case", "pass_"), FUSED_ROWS, ids=lambda v: getattr(v, "label", v))
+def test_fused_and_unfused_compute_the_same(case, pass_):
+    """The two numbanorm callables of a fused row: same outputs, same gradients (of x, the
+    residual, the parameters), same running statistics, on a pool entry other than the first."""
+    p = _fused_pool(case, pass_)
+    fused_layer = bench.make_numbanorm_layer(case)
+    plain_layer = bench.make_numbanorm_layer(case.plain)
+    assert getattr(fused_layer, "activation", None) == case.activation
+    assert getattr(plain_layer, "activation", None) is None
+    _random_params(fused_layer, np.random.default_rng(1))
+    plain_layer.load_state_dict(fused_layer.state_dict())
+    fused = bench.numbanorm_runner(case, pass_, p, fused_layer)
+    unfused = bench.unfused_runner(case, pass_, p, plain_layer)
+    got, expected = _as_tuple(fused.at(3)), _as_tuple(unfused.at(3))
+    n_out = 2 if case.skip or pass_ == "train_step" else 1
+    assert len(got) == len(expected) == n_out
+    tol = 1e-5 if case.dtype == "float32" else 1e-12
+    for a, b in zip(got, expected, strict=True):
+        assert a.shape == b.shape == case.shape and a.dtype == b.dtype == np.dtype(case.dtype)
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    if case.skip:  # the sum, and the step's gradient of x and of the residual alike
+        if pass_ == "train_step":
+            assert got[0] is got[1]  # one array: the gradient of x is the residual's
+        else:
+            np.testing.assert_allclose(got[1], p.xs[3] + p.residuals[3], rtol=tol, atol=tol)
+    if pass_ == "train_step":
+        for name in ("grad_weight", "grad_bias"):
+            a, b = getattr(fused_layer, name), getattr(plain_layer, name)
+            assert (a is None) == (b is None)
+            if a is not None:
+                np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    for name in ("running_mean", "running_var"):
+        a, b = getattr(fused_layer, name, None), getattr(plain_layer, name, None)
+        if a is not None:
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(("case", "pass_"), FUSED_ROWS, ids=lambda v: getattr(v, "label", v))
+def test_fused_rows_agree_with_torch(case, pass_):
+    torch = pytest.importorskip("torch")
+    p = _fused_pool(case, pass_)
+    layer = bench.make_numbanorm_layer(case)
+    _random_params(layer, np.random.default_rng(2))
+    ours = _as_tuple(bench.numbanorm_runner(case, pass_, p, layer).at(1))
+    run = bench.torch_runner(case, pass_, p, threads=1)
+    run.module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in layer.state_dict().items()})
+    theirs = _as_tuple(run.at(1))
+    assert len(ours) == len(theirs)
+    tol = 1e-4 if case.dtype == "float32" else 1e-10
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=tol, atol=tol)
+
+
+def test_unfused_step_is_the_documented_composition():
+    """unfused_runner's BatchNorm step is exactly: y = bn(x); y += r; relu; g = dy * (y > 0);
+    dx = bn.backward(g); and the skip step ds = norm.backward(dy) + dsum."""
+    case = bench.Case("BatchNorm2d+add+relu", (2, 4, 3, 3))
+    p = _fused_pool(case, "train_step")
+    dx, g = bench.unfused_runner(case, "train_step", p).at(0)
+    bn = bench.make_numbanorm_layer(case.plain)
+    y = np.maximum(bn(p.xs[0]) + p.residuals[0], 0)
+    np.testing.assert_array_equal(g, p.dys[0] * (y > 0))
+    np.testing.assert_array_equal(dx, bn.backward(g))
+    case = bench.Case("add+RMSNorm", (4, 8))
+    p = _fused_pool(case, "train_step")
+    ds, ds2 = bench.unfused_runner(case, "train_step", p).at(0)
+    rms = bench.make_numbanorm_layer(case.plain)
+    rms(p.xs[0] + p.residuals[0])
+    assert ds is ds2
+    np.testing.assert_array_equal(ds, rms.backward(p.dys[0]) + p.dsums[0])
+
+
+@pytest.mark.parametrize("layout", bench.LAYOUTS)
+def test_fused_pool_holds_every_input(layout):
+    """Every array a fused step reads (x, residual, dy, dsum) has its own entry per call."""
+    case = bench.Case("add+LayerNorm", (8, 16)) if layout == "contiguous" else \
+        bench.Case("BatchNorm2d+add+relu", (4, 8, 4, 8), layout)
+    p = _fused_pool(case, "train_step")
+    arrays = [p.xs, p.dys, p.residuals] + ([p.dsums] if case.skip else [])
+    assert p.dsums is None or len(p.dsums) == len(p)
+    assert all(len(a) == len(p) >= 2 for a in arrays)
+    extents = sorted(_extent(e) for a in arrays for e in a)
+    assert len(extents) == len(arrays) * len(p)
+    assert all(end <= start for (_, end), (start, _) in zip(extents[:-1], extents[1:], strict=True))
+    assert all(r.strides == p.xs[0].strides for r in p.residuals)
+    # each call reads its own entry's residual: change one, only that entry's output moves
+    run = bench.numbanorm_runner(case, "train_forward", p)
+    before = _as_tuple(run.at(1))[0].copy()
+    p.residuals[1] += 1
+    assert not np.array_equal(_as_tuple(run.at(1))[0], before)
+    np.testing.assert_array_equal(_as_tuple(run.at(2))[0], before)
+    # and the runners take one entry per call, with the pool's shared cursor
+    start = p.take()
+    bench.unfused_runner(case, "train_step", p)()
+    assert p.take() == (start + 2) % len(p)
+
+
+def test_fused_row_schema_and_vs_unfused():
+    case = bench.Case("add+LayerNorm", (4, 8))
+    row = bench.measure(case, "train_step", threads=1, repeat=3, min_time=0.0)
+    assert tuple(row) == bench.ROW_KEYS and row["error"] is None
+    assert row["op"] == "add+LayerNorm" and row["shape"] == [4, 8]
+    assert row["unfused_s"] > 0 and row["numbanorm_s"] > 0 and row["copy_s"] > 0
+    assert row["vs_unfused"] == pytest.approx(statistics.median(
+        u / f for u, f in zip(row["samples"]["unfused"], row["samples"]["numbanorm"], strict=True)))
+    assert row["ort_s"] is None and row["vs_ort"] is None and "ort" not in row["notes"]
+    if bench.import_torch() is not None:
+        assert row["vs_torch"] > 0 and row["max_abs_diff"] < 1e-4
+    off = bench.measure(case, "train_forward", threads=1, repeat=1, min_time=0.0, unfused=False)
+    assert off["unfused_s"] is None and off["vs_unfused"] is None
+    plain = bench.measure(case.plain, "train_step", threads=1, repeat=1, min_time=0.0)
+    assert tuple(plain) == bench.ROW_KEYS
+    assert plain["unfused_s"] is None and plain["vs_unfused"] is None
+    assert "unfused" not in plain["samples"]
+    with pytest.raises(ValueError, match="eval_forward"):
+        bench.measure(case, "eval_forward", threads=1, repeat=1, min_time=0.0)
+
+
+def test_fused_cases_and_their_passes():
+    cases = bench.fused_cases()
+    assert [c.op for c in cases] == ["BatchNorm2d+add+relu", "BatchNorm2d+add+relu",
+                                     "add+LayerNorm", "add+RMSNorm"]
+    assert [c.layout for c in cases[:2]] == ["contiguous", "channels_last"]
+    assert all(c.fused and c.dtype == "float32" for c in cases)
+    assert cases[0].shape == (32, 64, 56, 56) and cases[2].shape == cases[3].shape == (8192, 768)
+    assert cases[0].passes == bench.PASSES and cases[0].layer_op == "BatchNorm2d"
+    assert cases[0].activation == "relu" and not cases[0].skip
+    assert cases[2].passes == ("train_forward", "train_step") and cases[2].skip
+    assert cases[2].plain == bench.Case("LayerNorm", (8192, 768))
+    plain = bench.Case("LayerNorm", (4, 8))
+    assert not plain.fused and plain.plain is plain and plain.activation is None
+    assert not any(c.fused for c in bench.canonical_cases())
+    with pytest.raises(ValueError, match="no fused epilogue"):
+        bench.make_epilogue_input(plain)
+    with pytest.raises(ValueError, match="nothing to unfuse"):
+        bench.unfused_runner(plain, "train_step", bench.make_pool(*bench.make_input(plain), hot=True))
+    with pytest.raises(bench.PeerUnavailable):
+        bench.make_onnx_model(bench.Case("add+LayerNorm", (4, 8)))
+
+
+def test_agreement_leaves_out_relu_mask_flips():
+    case = bench.Case("BatchNorm2d+add+relu", (1, 2, 2, 2))
+    dy = np.linspace(1, 2, 8).reshape(case.shape)
+    ours_g, theirs_g = dy.copy(), dy.copy()
+    theirs_g[0, 1, 1, 1] = 0  # an output within rounding of 0: masked in one library only
+    ours_dx, theirs_dx = dy * 2, dy * 2
+    theirs_dx[0, 1, 1, 1] += 5
+    theirs_dx[0, 0, 0, 0] += 1e-6
+    diff = timing._agreement(case, "train_step", (ours_dx, ours_g), (theirs_dx, theirs_g))
+    assert diff == pytest.approx(1e-6, rel=1e-2)
+    assert timing._agreement(case, "train_forward", ours_dx, theirs_dx) == pytest.approx(5, rel=1e-6)
+
+
+def test_main_filter_selects_the_fused_rows(tmp_path):
+    out = io.StringIO()
+    json_path = tmp_path / "f.json"
+    rc = bench.main(["--tiny", *FAST, "--filter", "add+", "--json", str(json_path)], out=out)
+    assert rc == 0, out.getvalue()
+    header, body = _table_rows(out.getvalue())
+    assert "fused-epilogue rows" in out.getvalue()
+    # every fused row and pass, and nothing else; no eval forward of the skip rows
+    assert len(body) == sum(len(c.passes) for c in bench.tiny_fused_cases()) == 10
+    assert {_cells(line)[0] for line in body} == set(bench.FUSED_OPS)
+    assert not any(line.startswith("add+") and "eval_forward" in line for line in body)
+    assert "-" not in _column(header, body, "vs unfused")
+    assert "-" not in _column(header, body, "unfused")
+    assert set(_column(header, body, "vs ort")) == set(_column(header, body, "ort")) == {"-"}
+    rows = json.loads(json_path.read_text())["rows"]
+    assert all(tuple(r) == bench.ROW_KEYS and r["vs_unfused"] > 0 for r in rows)
+    # one group by its op name; the plain rows show "-" for unfused
+    out = io.StringIO()
+    assert bench.main(["--tiny", *FAST, "--filter", "BatchNorm2d+add+relu"], out=out) == 0
+    _, body = _table_rows(out.getvalue())
+    assert len(body) == 6 and all(line.startswith("BatchNorm2d+add+relu") for line in body)
+    out = io.StringIO()
+    assert bench.main(["--tiny", *FAST, "--filter", "BatchNorm1d"], out=out) == 0
+    header, body = _table_rows(out.getvalue())
+    assert set(_column(header, body, "vs unfused")) == set(_column(header, body, "unfused")) == {"-"}
+    assert "fused-epilogue rows" not in out.getvalue()
+
+
+@pytest.mark.parametrize("argv", [[], ["--quick"]])
+def test_default_and_quick_runs_include_the_fused_rows(monkeypatch, argv):
+    seen = []
+
+    def fake_measure(case, pass_, threads, **kwargs):
+        seen.append((case, pass_))
+        return bench.new_row(case, pass_, threads, cache="cold", numbanorm_s=1.0)
+
+    monkeypatch.setattr("numbanorm.bench.cli.measure", fake_measure)
+    assert bench.main([*argv, "--no-progress"], out=io.StringIO()) == 0
+    base = bench.quick_cases() if argv else bench.canonical_cases()
+    expected = [(c, p) for c in base + bench.fused_cases() for p in c.passes]
+    assert seen == expected
+    assert [c.op for c, _ in seen[-10:]] == ["BatchNorm2d+add+relu"] * 6 + ["add+LayerNorm"] * 2 \
+        + ["add+RMSNorm"] * 2
+
+
+def test_format_table_and_plot_with_fused_rows(tmp_path):
+    fused = bench.new_row(bench.Case("add+RMSNorm", (4, 8)), "train_step", 2, numbanorm_s=1e-3,
+                          unfused_s=2e-3, torch_s=3e-3, copy_s=5e-4, vs_torch=3.0, vs_unfused=2.0,
+                          copies=2.0)
+    plain = bench.new_row(bench.Case("RMSNorm", (4, 8)), "eval_forward", 2, numbanorm_s=1e-3,
+                          torch_s=2e-3, ort_s=1e-3, copy_s=5e-4, vs_torch=2.0, vs_ort=1.0, copies=2.0)
+    header, body = _table_rows(bench.format_table([fused, plain]))
+    assert _column(header, body, "vs unfused") == ["2.00", "-"]
+    assert _column(header, body, "unfused") == ["2.00 ms", "-"]
+    assert _column(header, body, "vs ort") == ["-", "1.00"]
+    png = tmp_path / "p.png"
+    bench.write_plot([fused, plain], str(png))
+    assert png.read_bytes()[:8] == PNG_MAGIC
+
+
 # ------------------------------------------------------------------ ONNX Runtime
 
 ORT_CASES = [
@@ -594,20 +849,26 @@ def asv_modules():
     path = os.path.join(ROOT, "asv_benchmarks")
     sys.path.insert(0, path)
     try:
-        names = ["batchnorm", "layernorm", "rmsnorm", "groupnorm", "instancenorm"]
+        names = ["batchnorm", "layernorm", "rmsnorm", "groupnorm", "instancenorm", "epilogue"]
         yield {n: importlib.import_module(f"benchmarks.{n}") for n in names}
     finally:
         sys.path.remove(path)
 
 
 def _benchmark_classes(modules):
-    from benchmarks.common import MemoryBenchmark, PassBenchmark, RatioBenchmark
+    from benchmarks.common import (
+        EpilogueRatioBenchmark,
+        MemoryBenchmark,
+        PassBenchmark,
+        RatioBenchmark,
+    )
 
+    bases = (PassBenchmark, RatioBenchmark, EpilogueRatioBenchmark, MemoryBenchmark)
     for module in modules.values():
         for name, obj in vars(module).items():
             if (isinstance(obj, type) and not name.startswith("_")
                     and not inspect.isabstract(obj)  # the bases, as asv sees them
-                    and issubclass(obj, (PassBenchmark, RatioBenchmark, MemoryBenchmark))):
+                    and issubclass(obj, bases)):
                 yield obj
 
 
@@ -632,6 +893,29 @@ def test_asv_grids_cover_every_canonical_row(asv_modules):
     spec = {(c.op, c.shape, c.layout, c.dtype) for c in bench.canonical_cases()}
     for rows in covered.values():
         assert spec <= rows
+    # the fused rows: time and ratios (no memory benchmark)
+    fused = {(c.op, c.shape, c.layout, c.dtype) for c in bench.fused_cases()}
+    assert fused <= covered[""] and fused <= covered["Ratios"]
+    assert not fused & covered["Memory"]
+    for cls in classes:
+        if cls.op in bench.FUSED_OPS:
+            assert cls.params[2] == ["float32"]  # no grid points asv would only skip
+            assert hasattr(cls, "time_pass") or (hasattr(cls, "track_vs_unfused")
+                                                and not hasattr(cls, "track_vs_ort"))
+        else:
+            assert not hasattr(cls, "track_vs_unfused")
+
+
+def test_asv_fused_rows_share_the_one_setup_cache(asv_modules):
+    common = importlib.import_module("benchmarks.common")
+    from asv_runner.benchmarks._base import get_setup_cache_key
+
+    epi = asv_modules["epilogue"]
+    keys = {get_setup_cache_key(cls.setup_cache) for cls in (
+        asv_modules["layernorm"].LayerNormRatios, asv_modules["batchnorm"].BatchNorm2dRatios,
+        epi.BatchNorm2dAddReLURatios, epi.AddLayerNormRatios, epi.AddRMSNormRatios)}
+    assert len(keys) == 1  # one measurement of every row per asv run
+    assert common.DEFAULT_CASES == bench.canonical_cases() + bench.fused_cases()
 
 
 def test_asv_uses_public_bench_helpers_only():
@@ -694,6 +978,61 @@ def test_asv_ratios_are_the_measured_rows(asv_modules, monkeypatch):
     broken = {k: dict(v, error="RuntimeError: boom") for k, v in rows.items()}
     with pytest.raises(RuntimeError, match="boom"):
         r.setup(broken, *params)
+
+
+@pytest.mark.parametrize(("cls_name", "op", "shape", "layout"), [
+    ("AddLayerNorm", "add+LayerNorm", (16, 32), "contiguous"),
+    ("AddRMSNorm", "add+RMSNorm", (16, 32), "contiguous"),
+    ("BatchNorm2dAddReLU", "BatchNorm2d+add+relu", (2, 4, 3, 3), "channels_last"),
+])
+def test_asv_fused_benchmarks_run_on_a_small_row(asv_modules, monkeypatch, cls_name, op, shape,
+                                                 layout):
+    common = importlib.import_module("benchmarks.common")
+    monkeypatch.setattr(common, "FULL_GRID", True)  # a small shape outside the default rows
+    epi = asv_modules["epilogue"]
+    case = bench.Case(op, shape, layout)
+    rows = common.measure_rows([case], repeat=2, min_time=0.0)
+    assert len(rows) == len(case.passes)  # no eval forward for a skip row
+    params = (shape, layout, "float32")
+    for pass_ in bench.PASSES:
+        b = getattr(epi, cls_name)()
+        r = getattr(epi, cls_name + "Ratios")()
+        if pass_ not in case.passes:
+            with pytest.raises(NotImplementedError):
+                b.setup(*params, pass_)
+            with pytest.raises(NotImplementedError):
+                r.setup(rows, *params, pass_)
+            continue
+        b.setup(*params, pass_)
+        assert b.case.fused and b.run.pool.residuals is not None
+        assert (b.run.pool.dsums is not None) == (case.skip and pass_ == "train_step")
+        b.time_pass(*params, pass_)
+        r.setup(rows, *params, pass_)
+        row = rows[common.row_key(case, pass_)]
+        assert r.track_vs_unfused(rows, *params, pass_) == row["vs_unfused"] > 0
+        assert r.track_copies(rows, *params, pass_) == row["copies"] > 0
+        vs_torch = r.track_vs_torch(rows, *params, pass_)
+        assert math.isnan(vs_torch) if bench.import_torch() is None else vs_torch == row["vs_torch"] > 0
+
+
+def test_asv_vs_unfused_is_the_paired_ratio(asv_modules, monkeypatch):
+    common = importlib.import_module("benchmarks.common")
+    samples = {"numbanorm": [2.0, 4.0, 8.0], "unfused": [3.0, 4.0, 24.0], "torch": [4.0, 4.0, 4.0],
+               "copy": [1.0, 1.0, 2.0]}
+
+    def fake_time_interleaved(runners, **kwargs):
+        return {name: {"median": statistics.median(samples[name]), "min": min(samples[name]),
+                       "samples": samples[name], "number": 1, "repeat": 3} for name in runners}
+
+    monkeypatch.setattr(timing, "time_interleaved", fake_time_interleaved)
+    case = bench.fused_cases()[2]  # add+LayerNorm (8192, 768): a default row
+    rows = common.measure_rows([case], passes=["train_forward"])
+    r = asv_modules["epilogue"].AddLayerNormRatios()
+    params = ((8192, 768), "contiguous", "float32", "train_forward")
+    r.setup(rows, *params)
+    assert r.track_vs_unfused(rows, *params) == statistics.median([1.5, 1.0, 3.0])
+    if bench.import_torch() is not None:
+        assert r.track_vs_torch(rows, *params) == statistics.median([2.0, 1.0, 0.5])
 
 
 def test_asv_memory_tracks_see_temporaries(asv_modules, monkeypatch):

@@ -18,16 +18,25 @@ Every family module defines three classes per layer, over the grid
   (numbanorm time / time of a same-size parallel copy). The peers are timed
   interleaved with numbanorm by :func:`numbanorm.bench.measure`, once for all rows in
   ``setup_cache``; the ``track_`` benchmarks read that result.
+* ``<Row>`` and ``<Row>Ratios`` of the fused-epilogue rows (``epilogue.py``:
+  :class:`PassBenchmark` and :class:`EpilogueRatioBenchmark` over
+  :func:`numbanorm.bench.fused_cases`): ``time_pass`` is the fused call
+  (``BatchNorm2d+add+relu``, ``add+LayerNorm``, ``add+RMSNorm``) on a pool that holds the
+  residual (and dy, dsum) too; ``track_vs_unfused`` (the plain layer then separate NumPy
+  passes, over the fused time: >1, fusing is faster), ``track_vs_torch`` and
+  ``track_copies`` come from the same ``setup_cache`` as the other ratios. A skip row
+  (add + LayerNorm/RMSNorm) has no eval forward (NotImplementedError, as asv skips).
 * ``<Layer>Memory`` (:class:`MemoryBenchmark`): ``peakmem_forward``,
   ``peakmem_backward`` (peak RSS: resident set after setup plus the call's peak; the
   peak is reset at the end of setup on Linux), and ``track_forward_temp_mib`` /
   ``track_backward_temp_mib``: memory a call adds beyond the arrays it must return
   (0 means no full-size temporaries).
 
-Only numbanorm's canonical rows (:func:`numbanorm.bench.canonical_cases`) run by
-default; other grid points are skipped in ``setup``. ``NUMBANORM_ASV_FULL_GRID=1``
-runs the whole grid (rows outside the canonical list measure their ratios in their
-own ``setup``). ``NUMBANORM_BENCH_THREADS`` sets the thread count (default 2, capped by
+Only numbanorm's canonical rows (:func:`numbanorm.bench.canonical_cases`) and the
+fused-epilogue rows (:func:`numbanorm.bench.fused_cases`) run by default; other grid
+points are skipped in ``setup``. ``NUMBANORM_ASV_FULL_GRID=1`` runs the whole grid (rows
+outside the default list measure their ratios in their own ``setup``).
+``NUMBANORM_BENCH_THREADS`` sets the thread count (default 2, capped by
 ``NUMBA_NUM_THREADS``); ``NUMBANORM_ASV_HOT=1`` times every call on one cache-resident
 input instead of the pool.
 
@@ -65,11 +74,13 @@ LAYOUTS = list(bench.LAYOUTS)
 DTYPES = list(bench.DTYPES)
 MIB = float(2**20)
 
-#: (op, shape, layout, dtype) of numbanorm's canonical rows.
-CANONICAL = {(c.op, c.shape, c.layout, c.dtype) for c in bench.canonical_cases()}
+#: The rows measured by default: the canonical ones, then the fused-epilogue ones.
+DEFAULT_CASES = bench.canonical_cases() + bench.fused_cases()
+#: (op, shape, layout, dtype) of the rows measured by default.
+CANONICAL = {(c.op, c.shape, c.layout, c.dtype) for c in DEFAULT_CASES}
 #: What setup_cache keeps of each measured row.
-RATIO_KEYS = ("numbanorm_s", "torch_s", "ort_s", "copy_s", "vs_torch", "vs_ort", "copies",
-              "pool_entries", "cache", "notes")
+RATIO_KEYS = ("numbanorm_s", "unfused_s", "torch_s", "ort_s", "copy_s", "vs_torch", "vs_unfused",
+              "vs_ort", "copies", "pool_entries", "cache", "notes")
 
 
 class Benchmark:
@@ -111,6 +122,14 @@ class _NormBase(Benchmark, ABC):
         bench.set_threads(THREADS)
         return case
 
+    def _make_row(self, shape, layout, dtype, pass_):
+        """The case of a (shape, layout, dtype, pass) grid point; NotImplementedError
+        (asv: skipped) for a point that is not measured."""
+        case = self._make_case(shape, layout, dtype)
+        if pass_ not in case.passes:
+            raise NotImplementedError(f"{case.op} has no {pass_} row")
+        return case
+
 
 def row_key(case, pass_):
     """The key of one (case, pass) in the result of :func:`measure_rows`."""
@@ -119,7 +138,8 @@ def row_key(case, pass_):
 
 def measure_rows(cases, passes=PASSES, repeat=Benchmark.ratio_repeat,
                  min_time=Benchmark.ratio_min_time):
-    """Time numbanorm, PyTorch, ONNX Runtime and the copy on every (case, pass).
+    """Time numbanorm, PyTorch, ONNX Runtime and the copy on every (case, pass) of
+    ``case.passes`` (and numbanorm unfused on a fused row).
 
     Returns
     -------
@@ -131,6 +151,8 @@ def measure_rows(cases, passes=PASSES, repeat=Benchmark.ratio_repeat,
     rows = {}
     for case in cases:
         for pass_ in passes:
+            if pass_ not in case.passes:
+                continue
             try:
                 row = bench.measure(case, pass_, THREADS, repeat=repeat, min_time=min_time,
                                     check=False, hot=HOT)
@@ -154,9 +176,14 @@ class PassBenchmark(_NormBase):
         cls.params = [list(cls.shapes), list(cls.layouts), list(cls.dtypes), PASSES]
 
     def setup(self, shape, layout, dtype, pass_):
-        self.case = self._make_case(shape, layout, dtype)
+        self.case = self._make_row(shape, layout, dtype, pass_)
         x, dy = bench.make_input(self.case)
-        pool = bench.make_pool(x, dy if pass_ == "train_step" else None, hot=HOT)
+        step = pass_ == "train_step"
+        residual = dsum = None
+        if self.case.fused:
+            residual, dsum = bench.make_epilogue_input(self.case)
+        pool = bench.make_pool(x, dy if step else None, residual=residual,
+                               dsum=dsum if step else None, hot=HOT)
         self.run = bench.numbanorm_runner(self.case, pass_, pool)
         self.run()  # compile (or load from the cache)
 
@@ -164,8 +191,8 @@ class PassBenchmark(_NormBase):
         self.run()
 
 
-class RatioBenchmark(_NormBase):
-    """Ratios of one pass to PyTorch, ONNX Runtime and the copy, read from setup_cache."""
+class _RatioBase(_NormBase):
+    """Ratios of one pass, read from the one setup_cache of the suite."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -174,15 +201,16 @@ class RatioBenchmark(_NormBase):
 
     def setup_cache(self):
         # asv keys a setup_cache by where its source is, so this one definition is
-        # shared by every RatioBenchmark subclass: all canonical rows are measured
-        # once per run, in one process, with one import of torch and onnxruntime.
-        return measure_rows(bench.canonical_cases(), repeat=self.ratio_repeat,
+        # shared by every RatioBenchmark and EpilogueRatioBenchmark subclass: all
+        # canonical and fused rows are measured once per run, in one process, with one
+        # import of torch and onnxruntime.
+        return measure_rows(DEFAULT_CASES, repeat=self.ratio_repeat,
                             min_time=self.ratio_min_time)
 
     setup_cache.timeout = 1200
 
     def setup(self, rows, shape, layout, dtype, pass_):
-        case = self._make_case(shape, layout, dtype)
+        case = self._make_row(shape, layout, dtype, pass_)
         key = row_key(case, pass_)
         if key not in rows:  # a NUMBANORM_ASV_FULL_GRID row
             rows = measure_rows([case], [pass_], repeat=self.ratio_repeat,
@@ -196,16 +224,33 @@ class RatioBenchmark(_NormBase):
 
     track_vs_torch.unit = "ratio"
 
+    def track_copies(self, rows, shape, layout, dtype, pass_):
+        return _ratio(self.row["copies"])
+
+    track_copies.unit = "copies"
+
+
+class RatioBenchmark(_RatioBase):
+    """Ratios of one pass to PyTorch, ONNX Runtime and the copy, read from setup_cache."""
+
     def track_vs_ort(self, rows, shape, layout, dtype, pass_):
         # ONNX Runtime is an inference engine: only the eval forward pass has a peer.
         return _ratio(self.row["vs_ort"])
 
     track_vs_ort.unit = "ratio"
 
-    def track_copies(self, rows, shape, layout, dtype, pass_):
-        return _ratio(self.row["copies"])
 
-    track_copies.unit = "copies"
+class EpilogueRatioBenchmark(_RatioBase):
+    """A fused-epilogue row's ratios, read from setup_cache: ``track_vs_unfused`` (numbanorm
+    unfused / fused), ``track_vs_torch`` (PyTorch's module and the same ops / fused) and
+    ``track_copies`` (fused / copy of x). ONNX Runtime is not timed on these rows."""
+
+    dtypes = ("float32",)
+
+    def track_vs_unfused(self, rows, shape, layout, dtype, pass_):
+        return _ratio(self.row["vs_unfused"])
+
+    track_vs_unfused.unit = "ratio"
 
 
 class MemoryBenchmark(_NormBase):
@@ -247,5 +292,5 @@ class MemoryBenchmark(_NormBase):
     track_backward_temp_mib.unit = "MiB"
 
 
-__all__ = ["DTYPES", "LAYOUTS", "THREADS", "Benchmark", "MemoryBenchmark", "PassBenchmark",
-           "RatioBenchmark", "measure_rows", "row_key"]
+__all__ = ["DTYPES", "LAYOUTS", "THREADS", "Benchmark", "EpilogueRatioBenchmark", "MemoryBenchmark",
+           "PassBenchmark", "RatioBenchmark", "measure_rows", "row_key"]

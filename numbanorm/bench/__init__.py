@@ -9,6 +9,12 @@ threads) and a same-size parallel copy, taken interleaved in one process, and th
 ratios ``vs torch`` and ``vs ort`` (peer time / numbanorm time, above 1: numbanorm is
 faster) and ``copies`` (numbanorm time / copy time).
 
+The fused-epilogue rows (:func:`fused_cases`, after the canonical ones; ops
+``BatchNorm2d+add+relu``, ``add+LayerNorm``, ``add+RMSNorm``, so ``--filter add+``
+selects them) time numbanorm's fused call against the same ops unfused: the plain
+layer and separate NumPy passes (:func:`unfused_runner`), and PyTorch's module with
+the same ops; ``vs unfused`` = unfused time / fused time.
+
 By default every call of every callable reads the next of a pool of distinct inputs
 totalling at least 4 x L3 (read from sysfs), so all of them run from memory;
 ``--hot`` reads one input again and again.
@@ -16,11 +22,13 @@ totalling at least 4 x L3 (read from sysfs), so all of them run from memory;
 Modules
 -------
 cases
-    :class:`Case`, the canonical, quick, scaling and tiny row lists, :func:`make_input`.
+    :class:`Case`, the canonical, fused, quick, scaling and tiny row lists,
+    :func:`make_input`, :func:`make_epilogue_input`.
 pool
     L3 size from sysfs, :class:`Pool` of distinct inputs with one shared cursor.
 peers
-    The timed callables: numbanorm, PyTorch, ONNX Runtime (one-node models), the copy.
+    The timed callables: numbanorm (fused and unfused), PyTorch, ONNX Runtime
+    (one-node models), the copy.
 timing
     :func:`time_interleaved` (paired, rotated repeats) and :func:`measure` (one row).
 report
@@ -37,15 +45,19 @@ nor matplotlib; each is imported when a run needs it.
 
 from .cases import (
     DTYPES,
+    FUSED_OPS,
     LAYOUTS,
     OPS,
     PASSES,
     Case,
     canonical_cases,
+    fused_cases,
+    make_epilogue_input,
     make_input,
     quick_cases,
     scaling_cases,
     tiny_cases,
+    tiny_fused_cases,
 )
 from .cli import main
 from .peers import (
@@ -63,6 +75,7 @@ from .peers import (
     ort_runner,
     set_threads,
     torch_runner,
+    unfused_runner,
 )
 from .pool import CacheInfo, Pool, last_level_cache, make_pool, pool_entries
 from .probes import busy_cpus, peak_extra_bytes, reset_peak_rss
@@ -71,6 +84,7 @@ from .timing import STATS, measure, time_interleaved, wait_quiet
 
 __all__ = [
     "DTYPES",
+    "FUSED_OPS",
     "LAYOUTS",
     "ONNX_OPS",
     "OPS",
@@ -86,12 +100,14 @@ __all__ = [
     "canonical_cases",
     "copy_runner",
     "format_notes",
+    "fused_cases",
     "format_table",
     "import_onnxruntime",
     "import_torch",
     "last_level_cache",
     "machine_info",
     "main",
+    "make_epilogue_input",
     "make_input",
     "make_numbanorm_layer",
     "make_onnx_model",
@@ -110,7 +126,9 @@ __all__ = [
     "set_threads",
     "time_interleaved",
     "tiny_cases",
+    "tiny_fused_cases",
     "torch_runner",
+    "unfused_runner",
     "wait_quiet",
     "write_plot",
 ]

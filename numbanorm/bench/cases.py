@@ -1,8 +1,10 @@
 """The benchmark rows: layer family, shape, layout and dtype, and their inputs.
 
 :func:`canonical_cases` is numbanorm's list of performance rows (the shapes its
-targets are stated on); :func:`quick_cases`, :func:`scaling_cases` and
-:func:`tiny_cases` are the subsets and extensions the command line offers.
+targets are stated on); :func:`fused_cases` are the rows of the fused epilogue (a
+normalization with the add, and ReLU, that follow it in a network: :data:`FUSED_OPS`);
+:func:`quick_cases`, :func:`scaling_cases`, :func:`tiny_cases` and
+:func:`tiny_fused_cases` are the subsets and extensions the command line offers.
 """
 
 from __future__ import annotations
@@ -14,15 +16,19 @@ import numpy as np
 
 __all__ = [
     "DTYPES",
+    "FUSED_OPS",
     "LAYOUTS",
     "OPS",
     "PASSES",
     "Case",
     "canonical_cases",
+    "fused_cases",
+    "make_epilogue_input",
     "make_input",
     "quick_cases",
     "scaling_cases",
     "tiny_cases",
+    "tiny_fused_cases",
 ]
 
 #: The passes of every row, in table order.
@@ -42,6 +48,23 @@ OPS = {
     "InstanceNorm1d": (3, 3),
     "InstanceNorm2d": (4, 4),
     "InstanceNorm3d": (5, 5),
+    "BatchNorm2d+add+relu": (4, 4),
+    "add+LayerNorm": (2, 8),
+    "add+RMSNorm": (2, 8),
+}
+
+#: The fused-epilogue rows: row op -> (layer family, activation, skip). A channel-wise
+#: row (``skip`` False) times ``layer(x, residual)`` of a layer made with ``activation``,
+#: ``act(norm(x) + residual)``: the tail of a ResNet block. A skip row (``skip`` True)
+#: times ``layer(x, residual)`` returning ``(norm(x + residual), x + residual)``, and its
+#: backward with ``dsum``, the gradient that reaches the sum through the residual stream:
+#: a transformer block's pre-norm residual. Every pass reads the residual (and the step
+#: ``dy`` and ``dsum``) from the row's pool. Their op names contain ``add``, so
+#: ``--filter add+`` selects exactly these rows.
+FUSED_OPS = {
+    "BatchNorm2d+add+relu": ("BatchNorm2d", "relu", False),
+    "add+LayerNorm": ("LayerNorm", None, True),
+    "add+RMSNorm": ("RMSNorm", None, True),
 }
 
 
@@ -52,7 +75,9 @@ class Case:
     Parameters
     ----------
     op : str
-        Layer class name, the same in numbanorm and ``torch.nn`` (a key of :data:`OPS`).
+        Layer class name, the same in numbanorm and ``torch.nn`` (a key of :data:`OPS`),
+        or a fused-epilogue row (a key of :data:`FUSED_OPS`, such as
+        ``"BatchNorm2d+add+relu"`` or ``"add+LayerNorm"``).
     shape : tuple of int
         Logical (NCHW-ordered) input shape.
     layout : {"contiguous", "channels_last"}
@@ -100,6 +125,42 @@ class Case:
                     f"GroupNorm: {self.shape[1]} channels are not divisible "
                     f"by {self.groups} groups"
                 )
+
+    @property
+    def fused(self):
+        """True for a fused-epilogue row (:data:`FUSED_OPS`)."""
+        return self.op in FUSED_OPS
+
+    @property
+    def layer_op(self):
+        """The layer class name in numbanorm and ``torch.nn`` (``op`` without the epilogue)."""
+        return FUSED_OPS[self.op][0] if self.fused else self.op
+
+    @property
+    def activation(self):
+        """The fused activation (None or ``"relu"``); None for a row without an epilogue."""
+        return FUSED_OPS[self.op][1] if self.fused else None
+
+    @property
+    def skip(self):
+        """True for the skip form (LayerNorm/RMSNorm of ``x + residual``, returning the sum too)."""
+        return self.fused and FUSED_OPS[self.op][2]
+
+    @property
+    def plain(self):
+        """The row of the same shape without the epilogue (``self`` for a plain row)."""
+        if not self.fused:
+            return self
+        return Case(self.layer_op, self.shape, self.layout, self.dtype, self.groups)
+
+    @property
+    def passes(self):
+        """The passes this row is measured in, of :data:`PASSES`. A skip row has no eval
+        forward: LayerNorm and RMSNorm keep no running state, so their eval forward is
+        the train forward (the plain rows keep it as ONNX Runtime's pass)."""
+        if self.skip:
+            return tuple(p for p in PASSES if p != "eval_forward")
+        return PASSES
 
     @property
     def nbytes(self):
@@ -152,6 +213,21 @@ def canonical_cases():
     ]
 
 
+def fused_cases():
+    """The fused-epilogue rows, in table order (they follow the canonical rows).
+
+    BatchNorm2d (32, 64, 56, 56) + add + ReLU, contiguous and channels-last (a ResNet
+    block's tail); add + LayerNorm and add + RMSNorm (8192, 768) (a transformer block's
+    pre-norm residual). float32.
+    """
+    return [
+        Case("BatchNorm2d+add+relu", (32, 64, 56, 56)),
+        Case("BatchNorm2d+add+relu", (32, 64, 56, 56), "channels_last"),
+        Case("add+LayerNorm", (8192, 768)),
+        Case("add+RMSNorm", (8192, 768)),
+    ]
+
+
 def quick_cases():
     """``--quick``: the canonical rows without the largest shape (64, 128, 56, 56)."""
     return [c for c in canonical_cases() if c.shape != (64, 128, 56, 56)]
@@ -178,6 +254,16 @@ def tiny_cases():
     ]
 
 
+def tiny_fused_cases():
+    """Very small fused-epilogue rows of each form and layout: for tests."""
+    return [
+        Case("BatchNorm2d+add+relu", (2, 4, 3, 3)),
+        Case("BatchNorm2d+add+relu", (2, 4, 3, 3), "channels_last"),
+        Case("add+LayerNorm", (4, 8)),
+        Case("add+RMSNorm", (4, 8)),
+    ]
+
+
 def make_input(case, seed=0):
     """Deterministic ``(x, dy)`` for ``case``: standard normal, ``case.dtype``.
 
@@ -198,3 +284,35 @@ def make_input(case, seed=0):
     x = rng.standard_normal(case.memory_shape, dtype=dtype)
     dy = rng.standard_normal(case.memory_shape, dtype=dtype)
     return case.as_layout(x), case.as_layout(dy)
+
+
+def make_epilogue_input(case, seed=1):
+    """Deterministic ``(residual, dsum)`` of a fused row: standard normal, ``case.dtype``.
+
+    Parameters
+    ----------
+    case : Case
+        A fused row (:attr:`Case.fused`).
+    seed : int, default 1
+        Seed of ``numpy.random.default_rng`` (another stream than :func:`make_input`'s).
+
+    Returns
+    -------
+    residual : ndarray
+        Shaped and laid out as :func:`make_input`'s x.
+    dsum : ndarray or None
+        The gradient reaching ``x + residual`` from the residual stream, for a skip row;
+        None for a channel-wise row (its sum is not an output).
+
+    Raises
+    ------
+    ValueError
+        For a row without an epilogue.
+    """
+    if not case.fused:
+        raise ValueError(f"{case.op} has no fused epilogue; expected one of {sorted(FUSED_OPS)}")
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(case.dtype)
+    residual = rng.standard_normal(case.memory_shape, dtype=dtype)
+    dsum = rng.standard_normal(case.memory_shape, dtype=dtype) if case.skip else None
+    return case.as_layout(residual), None if dsum is None else case.as_layout(dsum)

@@ -8,7 +8,16 @@ import sys
 
 from . import pool as pool_mod
 from . import probes, report
-from .cases import PASSES, canonical_cases, quick_cases, scaling_cases, tiny_cases
+from .cases import (
+    FUSED_OPS,
+    PASSES,
+    canonical_cases,
+    fused_cases,
+    quick_cases,
+    scaling_cases,
+    tiny_cases,
+    tiny_fused_cases,
+)
 from .peers import BENCH_EXTRA_HINT
 from .timing import STATS, measure
 
@@ -35,11 +44,14 @@ def _parser():
     p = argparse.ArgumentParser(
         prog="python -m numbanorm bench",
         description="Time numbanorm layers against PyTorch and ONNX Runtime (same threads) "
-        "and a same-size parallel memory copy, on numbanorm's canonical shapes. By default "
-        "every call reads its input from memory, not from cache.",
+        "and a same-size parallel memory copy, on numbanorm's canonical shapes, then the "
+        "fused-epilogue rows (BatchNorm2d+add+relu, add+LayerNorm, add+RMSNorm; --filter add+ "
+        "selects them) against the same ops unfused. By default every call reads its input "
+        "from memory, not from cache.",
     )
     p.add_argument("--quick", action="store_true",
-                   help="fewer repeats, shorter calibration, no (64,128,56,56) rows")
+                   help="fewer repeats, shorter calibration, no (64,128,56,56) rows "
+                   "(the fused-epilogue rows stay)")
     p.add_argument("--threads", type=_parse_threads, default=None, metavar="N",
                    help="thread count for numbanorm, PyTorch, ONNX Runtime and the copy "
                    "(default 2; a list like 1,2 measures every row at each count)")
@@ -50,7 +62,9 @@ def _parser():
     p.add_argument("--plot", metavar="FILE.png", help="write a bar chart of the ratios")
     p.add_argument("--filter", metavar="SUBSTR", action="append", default=None,
                    help="keep rows whose 'op shape layout dtype pass' label contains "
-                   "SUBSTR (case-insensitive; repeat the option to OR several)")
+                   "SUBSTR (case-insensitive; repeat the option to OR several); the "
+                   "fused-epilogue rows' ops contain 'add+' (BatchNorm2d+add+relu, "
+                   "add+LayerNorm, add+RMSNorm)")
     p.add_argument("--pass", dest="passes", action="append", choices=PASSES, default=None,
                    help="run only this pass (repeatable; default all three)")
     p.add_argument("--scaling", action="store_true",
@@ -171,7 +185,8 @@ def main(argv=None, *, cases=None, out=None):
     argv : list of str, optional
         The arguments after ``bench`` (default ``sys.argv[1:]``).
     cases : list of Case, optional
-        Replaces the shape list.
+        Replaces the shape list (default: the canonical rows, or the quick ones, then the
+        fused-epilogue rows).
     out : file, optional
         Text stream for the table (default stdout).
 
@@ -209,16 +224,16 @@ def main(argv=None, *, cases=None, out=None):
 
     if cases is None:
         if args.tiny:
-            cases = tiny_cases()
+            cases = tiny_cases() + tiny_fused_cases()
         elif args.quick:
-            cases = quick_cases()
+            cases = quick_cases() + fused_cases()
         else:
-            cases = canonical_cases()
+            cases = canonical_cases() + fused_cases()
         if args.scaling:
             cases = cases + [c for c in scaling_cases() if c not in cases]
     passes = tuple(args.passes) if args.passes else PASSES
     jobs = [(c, p, t) for t in threads_list for c in cases for p in passes
-            if _matches(f"{c.label} {p}", args.filter)]
+            if p in c.passes and _matches(f"{c.label} {p}", args.filter)]
     if not jobs:
         print("error: no benchmark row matches --filter", file=sys.stderr)
         return 2
@@ -261,6 +276,11 @@ def main(argv=None, *, cases=None, out=None):
               f"{_STAT_NOTE[args.stat].format(repeat=repeat)}; vs torch = torch/numbanorm, "
               "vs ort = onnxruntime/numbanorm (>1: numbanorm faster; ort: eval forward only); "
               "copies = numbanorm/copy")
+    if any(r["op"] in FUSED_OPS for r in rows):
+        header += ("\nfused-epilogue rows (op with add): numbanorm = the fused call, unfused = "
+                   "the plain layer then separate NumPy add/ReLU passes (add+Norm: np add then "
+                   "the layer), vs unfused = unfused/fused (>1: fusing is faster); pytorch = "
+                   "its module + the same ops, autograd for the step; copies = fused/copy of x")
     for note in busy:
         header += f"\nwarning: {note}"
     print(header, file=out)

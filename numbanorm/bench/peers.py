@@ -6,15 +6,23 @@ their input in the same cache state.
 
 * numbanorm: the layer call, validation included (``layer(x)``, or ``layer(x)`` then
   ``layer.backward(dy)`` for a train step); outputs are allocated by the call, as a
-  user's are.
+  user's are. A fused-epilogue row calls the fused layer: ``layer(x, residual)`` of a
+  layer made with ``activation="relu"`` (``act(norm(x) + residual)``), or the skip form
+  ``layer(x, residual)`` -> ``(norm(x + residual), x + residual)`` with
+  ``layer.backward(dy, dsum)``.
 * PyTorch: the matching ``torch.nn`` module with ``torch.set_num_threads(N)``, under
-  ``torch.no_grad()`` for the forward passes and with autograd for the step.
+  ``torch.no_grad()`` for the forward passes and with autograd for the step. A
+  fused-epilogue row adds the epilogue as PyTorch code writes it (:func:`torch_runner`).
 * ONNX Runtime (eval forward only, the pass it is used for): a one-node model of
   the ONNX operator with the layer's parameters (:func:`make_onnx_model`), run by an
   ``InferenceSession`` on the CPU provider with ``intra_op_num_threads`` = the bench's
   threads, one inter-op thread and sequential execution; ``session.run`` allocates
   the output, as a user's call does. ONNX tensors are NCHW only, so a channels-last
   row feeds ONNX Runtime a contiguous copy of each pool entry, made before timing.
+* numbanorm unfused (fused-epilogue rows only, :data:`~numbanorm.bench.cases.FUSED_OPS`):
+  the plain layer, then the fewest separate passes a user writes with NumPy for the
+  same result (:func:`unfused_runner` says exactly which), so that ``vs unfused`` is
+  what the fused call saves.
 * copy: a Numba ``prange`` loop ``y[i] = x[i]`` over the pool entry's memory into a
   preallocated destination (one per entry): one read of x and one write of y, the
   floor for any pass that reads x and writes y.
@@ -29,7 +37,7 @@ import sys
 
 import numpy as np
 
-from .cases import PASSES
+from .cases import FUSED_OPS, PASSES
 
 __all__ = [
     "ONNX_OPS",
@@ -46,6 +54,7 @@ __all__ = [
     "ort_runner",
     "set_threads",
     "torch_runner",
+    "unfused_runner",
 ]
 
 #: Layer family (class-name prefix) -> (ONNX operator, opset of the one-node model).
@@ -80,7 +89,8 @@ class Runner:
     -----
     ``runner()`` takes the pool's next entry; ``runner.at(i)`` runs entry ``i``
     (used to compare outputs on one input). Peers attach what they wrap as
-    attributes (``layer``, ``module``, ``session``).
+    attributes (``layer``, ``module``, ``session``). Every callable of a fused row
+    returns the same things (see :func:`numbanorm_runner`), so outputs compare pairwise.
     """
 
     def __init__(self, fn, pool):
@@ -138,19 +148,24 @@ def set_threads(threads):
 
 
 def _layer_args(case):
-    if case.op in ("LayerNorm", "RMSNorm"):
+    if case.layer_op in ("LayerNorm", "RMSNorm"):
         return (case.shape[-1],)
-    if case.op == "GroupNorm":
+    if case.layer_op == "GroupNorm":
         return (case.groups, case.shape[1])
     return (case.shape[1],)
 
 
 def make_numbanorm_layer(case):
-    """The numbanorm layer of ``case`` with default arguments, parameters in ``case.dtype``."""
+    """The numbanorm layer of ``case`` with default arguments, parameters in ``case.dtype``.
+
+    For a fused-epilogue row, the layer of its family with the row's ``activation``
+    (the skip form needs no constructor option: it is the call ``layer(x, residual)``).
+    """
     import numbanorm
 
-    cls = getattr(numbanorm, case.op)
-    return cls(*_layer_args(case), dtype=np.dtype(case.dtype))
+    cls = getattr(numbanorm, case.layer_op)
+    kwargs = {"activation": case.activation} if case.activation is not None else {}
+    return cls(*_layer_args(case), dtype=np.dtype(case.dtype), **kwargs)
 
 
 def make_torch_module(case):
@@ -164,13 +179,26 @@ def make_torch_module(case):
     torch = import_torch()
     if torch is None:
         raise PeerUnavailable("PyTorch is not installed")
-    cls = getattr(torch.nn, case.op)
+    cls = getattr(torch.nn, case.layer_op)
     return cls(*_layer_args(case), dtype=getattr(torch, case.dtype))
 
 
-def _check_pass(pass_):
+def _check_pass(pass_, case=None):
     if pass_ not in PASSES:
         raise ValueError(f"unknown pass {pass_!r}; expected one of {PASSES}")
+    if case is not None and pass_ not in case.passes:
+        raise ValueError(f"{case.op} is not measured in {pass_} (its passes: {case.passes})")
+
+
+def _epilogue_entries(case, pass_, pool):
+    """``(residuals, dsums)`` of a fused row's pool, checked (dsums None unless needed)."""
+    if pool.residuals is None:
+        raise ValueError(f"{case.op} needs a pool with residual entries")
+    if case.skip and pass_ == "train_step":
+        if pool.dsums is None:
+            raise ValueError(f"{case.op} train_step needs a pool with dsum entries")
+        return pool.residuals, pool.dsums
+    return pool.residuals, None
 
 
 def numbanorm_runner(case, pass_, pool, layer=None):
@@ -191,12 +219,22 @@ def numbanorm_runner(case, pass_, pool, layer=None):
         Returns ``y`` for the forward passes; for ``train_step`` runs ``layer(x)``
         then ``layer.backward(dy)`` (dx, grad_weight and grad_bias) and returns dx.
         ``runner.layer`` is the layer.
+
+        A fused row (the pool needs ``residuals``, and ``dsums`` for a skip row's step)
+        calls the fused layer. Channel-wise (``BatchNorm2d+add+relu``): forward
+        ``y = layer(x, residual)``; step ``layer(x, residual)``, ``dx = layer.backward(dy)``,
+        returning ``(dx, layer.grad_residual)``. Skip (``add+LayerNorm``,
+        ``add+RMSNorm``): forward ``(y, s) = layer(x, residual)``, returning ``(y, s)``;
+        step ``layer(x, residual)``, ``ds = layer.backward(dy, dsum)`` (the gradient of
+        x and of the residual alike), returning ``(ds, layer.grad_residual)``.
     """
-    _check_pass(pass_)
+    _check_pass(pass_, case)
     layer = make_numbanorm_layer(case) if layer is None else layer
     xs, dys = pool.xs, pool.dys
     layer.train(pass_ != "eval_forward")
-    if pass_ == "train_step":
+    if case.fused:
+        run = _fused_numbanorm(case, pass_, pool, layer)
+    elif pass_ == "train_step":
         if dys is None:
             raise ValueError("train_step needs a pool with dy entries")
 
@@ -211,6 +249,109 @@ def numbanorm_runner(case, pass_, pool, layer=None):
     return run
 
 
+def _fused_numbanorm(case, pass_, pool, layer):
+    xs, dys = pool.xs, pool.dys
+    rs, dsums = _epilogue_entries(case, pass_, pool)
+    if pass_ != "train_step":
+        return Runner(lambda i: layer(xs[i], rs[i]), pool)
+    if dys is None:
+        raise ValueError("train_step needs a pool with dy entries")
+    if case.skip:
+        def step(i):
+            layer(xs[i], rs[i])
+            return layer.backward(dys[i], dsums[i]), layer.grad_residual
+    else:
+        def step(i):
+            layer(xs[i], rs[i])
+            return layer.backward(dys[i]), layer.grad_residual
+    return Runner(step, pool)
+
+
+def unfused_runner(case, pass_, pool, layer=None):
+    """numbanorm without the fused epilogue: the plain layer, then separate NumPy passes.
+
+    The baseline of ``vs unfused`` on a fused row: what a user writes with numbanorm
+    and NumPy for the same outputs, in the fewest passes NumPy allows (in place where
+    it can be, no temporaries beyond what NumPy needs). ``y``, ``s``, ``g``, ``ds`` are
+    the arrays the calls return; ``x``, ``residual``, ``dy``, ``dsum`` come from the pool.
+
+    Channel-wise row with ReLU (``BatchNorm2d+add+relu``):
+
+    * forward (train and eval): ``y = layer(x)``; ``np.add(y, residual, out=y)``;
+      ``np.maximum(y, 0, out=y)``: the norm pass, then two in-place passes over y.
+    * step: that forward, then ``g = dy * (y > 0)`` (ReLU's mask, one comparison pass
+      and one multiply pass) and ``dx = layer.backward(g)``; returns ``(dx, g)``, g
+      being the residual's gradient (no pass of its own). Without an activation
+      (none of the default rows) the ReLU pass and the mask are left out and g is dy.
+
+    Skip row (``add+LayerNorm``, ``add+RMSNorm``):
+
+    * forward: ``s = x + residual`` (one pass writing a new array), ``y = layer(s)``;
+      returns ``(y, s)``.
+    * step: that forward, then ``ds = layer.backward(dy)`` and ``ds += dsum`` (one
+      in-place pass); returns ``(ds, ds)``: the gradient of x and of the residual.
+
+    Parameters
+    ----------
+    case : Case
+        A fused row; the layer is its family's plain layer (:attr:`Case.plain`).
+    pass_ : str
+        One of ``case.passes``.
+    pool : Pool
+        With ``residuals`` (and ``dys``, plus ``dsums`` for a skip row's step).
+    layer : optional
+        Default :func:`make_numbanorm_layer` of ``case.plain``.
+
+    Returns
+    -------
+    Runner
+        Returning what :func:`numbanorm_runner` returns for the fused row;
+        ``runner.layer`` is the plain layer.
+
+    Raises
+    ------
+    ValueError
+        For a row without an epilogue, or a pool without the entries it needs.
+    """
+    if not case.fused:
+        raise ValueError(f"{case.op} has no fused epilogue: nothing to unfuse")
+    _check_pass(pass_, case)
+    layer = make_numbanorm_layer(case.plain) if layer is None else layer
+    layer.train(pass_ != "eval_forward")
+    xs, dys = pool.xs, pool.dys
+    rs, dsums = _epilogue_entries(case, pass_, pool)
+    relu = case.activation == "relu"
+    if pass_ == "train_step" and dys is None:
+        raise ValueError("train_step needs a pool with dy entries")
+
+    if case.skip:
+        def forward(i):
+            s = xs[i] + rs[i]
+            return layer(s), s
+
+        def step(i):
+            forward(i)
+            ds = layer.backward(dys[i])
+            ds += dsums[i]
+            return ds, ds
+    else:
+        def forward(i):
+            y = layer(xs[i])
+            np.add(y, rs[i], out=y)
+            if relu:
+                np.maximum(y, 0, out=y)
+            return y
+
+        def step(i):
+            y = forward(i)
+            g = dys[i] * (y > 0) if relu else dys[i]
+            return layer.backward(g), g
+
+    run = Runner(step if pass_ == "train_step" else forward, pool)
+    run.layer = layer
+    return run
+
+
 def torch_runner(case, pass_, pool, threads=None):
     """The PyTorch twin of :func:`numbanorm_runner`.
 
@@ -218,6 +359,14 @@ def torch_runner(case, pass_, pool, threads=None):
     a channels-last view is a channels_last tensor). Forward passes run under
     ``torch.no_grad()``; the step runs autograd for dx and every parameter gradient,
     with gradients reset to None before each call (no accumulation).
+
+    A fused row adds its epilogue as PyTorch code writes it, with the pool's residual
+    (``requires_grad`` for the step, whose gradient autograd computes too):
+    ``BatchNorm2d+add+relu`` as torchvision's ResNet blocks do, ``out = bn(x)``,
+    ``out += residual``, ``torch.relu_(out)`` (in place: no tensor beyond the module's
+    output); the skip rows ``s = x + residual``, ``y = norm(s)``, the step backpropagating
+    ``dy`` into y and ``dsum`` into s (``torch.autograd.backward``). Outputs are those of
+    :func:`numbanorm_runner` (``(x.grad, residual.grad)`` for a step).
 
     Returns
     -------
@@ -230,7 +379,7 @@ def torch_runner(case, pass_, pool, threads=None):
     PeerUnavailable
         When PyTorch is not installed.
     """
-    _check_pass(pass_)
+    _check_pass(pass_, case)
     torch = import_torch()
     if torch is None:
         raise PeerUnavailable("PyTorch is not installed")
@@ -238,7 +387,9 @@ def torch_runner(case, pass_, pool, threads=None):
         torch.set_num_threads(int(threads))
     module = make_torch_module(case)
     txs = [torch.from_numpy(x) for x in pool.xs]
-    if pass_ == "train_step":
+    if case.fused:
+        run = _fused_torch(torch, case, pass_, pool, module, txs)
+    elif pass_ == "train_step":
         module.train()
         txs = [t.detach().requires_grad_(True) for t in txs]
         tdys = [torch.from_numpy(dy) for dy in pool.dys]
@@ -265,7 +416,53 @@ def torch_runner(case, pass_, pool, threads=None):
     return run
 
 
+def _fused_torch(torch, case, pass_, pool, module, txs):
+    rs, dsums = _epilogue_entries(case, pass_, pool)
+    trs = [torch.from_numpy(r) for r in rs]
+    relu = case.activation == "relu"
+
+    def epilogue(out, tr):
+        out += tr
+        return torch.relu_(out) if relu else out
+
+    if pass_ != "train_step":
+        module.train(pass_ == "train_forward")
+        if case.skip:
+            def forward(i):
+                with torch.no_grad():
+                    s = txs[i] + trs[i]
+                    return module(s), s
+        else:
+            def forward(i):
+                with torch.no_grad():
+                    return epilogue(module(txs[i]), trs[i])
+        return Runner(forward, pool)
+
+    module.train()
+    txs = [t.detach().requires_grad_(True) for t in txs]
+    trs = [t.detach().requires_grad_(True) for t in trs]
+    tdys = [torch.from_numpy(dy) for dy in pool.dys]
+    tdsums = None if dsums is None else [torch.from_numpy(d) for d in dsums]
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def step(i):
+        tx, tr = txs[i], trs[i]
+        tx.grad = tr.grad = None
+        for p in params:
+            p.grad = None
+        if case.skip:
+            s = tx + tr
+            torch.autograd.backward((module(s), s), (tdys[i], tdsums[i]))
+        else:
+            epilogue(module(tx), tr).backward(tdys[i])
+        return tx.grad, tr.grad
+
+    return Runner(step, pool)
+
+
 def _onnx_family(op):
+    if op in FUSED_OPS:
+        raise PeerUnavailable(f"no one-node ONNX model is built for {op}")
     for prefix, entry in ONNX_OPS.items():
         if op.startswith(prefix):
             return prefix, entry

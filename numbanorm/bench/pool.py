@@ -12,8 +12,9 @@ callable of the row. Between two reads of one entry, every other entry (at least
 sees when its input was just produced and fits in cache.
 
 Memory: a pool holds ``max(2, ceil(POOL_FACTOR * L3 / x.nbytes))`` entries of each
-array it pools (x; dy for a train step; the copy's destinations; ONNX Runtime's
-NCHW copies of a channels-last x), capped at :data:`POOL_CAP_BYTES` per array and
+array it pools (x; dy for a train step; the residual, and ``dsum`` for a step, of a
+fused-epilogue row; the copy's destinations; ONNX Runtime's NCHW copies of a
+channels-last x), capped at :data:`POOL_CAP_BYTES` per array and
 :data:`POOL_MAX_ENTRIES` entries. With a 32 MiB L3 that is 128 MiB per array (six
 entries of 25.7 MB), and for the largest canonical input (64, 128, 56, 56) float32
 two entries of 103 MB, about 620 MB for x, dy and the copy's outputs together.
@@ -158,6 +159,10 @@ class Pool:
         The entries of x: distinct memory, equal values, same shape, strides and dtype.
     dys : list of ndarray, optional
         The matching entries of dy (train step only).
+    residuals, dsums : list of ndarray, optional
+        The matching entries of a fused row's residual, and of ``dsum`` (the gradient of
+        the skip form's sum, train step only): each entry of x comes with its own, so a
+        call reads every one of its inputs from memory.
     cache : CacheInfo, optional
         The L3 the pool was sized against (None for a hot pool).
     target_bytes : int, optional
@@ -170,13 +175,16 @@ class Pool:
     other entry has been.
     """
 
-    def __init__(self, xs, dys=None, cache=None, target_bytes=None):
+    def __init__(self, xs, dys=None, cache=None, target_bytes=None, *, residuals=None, dsums=None):
         if not xs:
             raise ValueError("a pool needs at least one entry")
-        if dys is not None and len(dys) != len(xs):
-            raise ValueError(f"{len(dys)} dy entries for {len(xs)} x entries")
+        for name, entries in (("dy", dys), ("residual", residuals), ("dsum", dsums)):
+            if entries is not None and len(entries) != len(xs):
+                raise ValueError(f"{len(entries)} {name} entries for {len(xs)} x entries")
         self.xs = list(xs)
         self.dys = None if dys is None else list(dys)
+        self.residuals = None if residuals is None else list(residuals)
+        self.dsums = None if dsums is None else list(dsums)
         self.cache = cache
         self.target_bytes = target_bytes
         self._next = 0
@@ -233,8 +241,9 @@ def _copies(a, n):
     return out
 
 
-def make_pool(x, dy=None, *, hot=False, cache=None):
-    """A :class:`Pool` of ``x`` (and ``dy``) sized to leave the cache between reads.
+def make_pool(x, dy=None, *, residual=None, dsum=None, hot=False, cache=None):
+    """A :class:`Pool` of ``x`` (and ``dy``, ``residual``, ``dsum``) sized to leave the
+    cache between reads.
 
     Parameters
     ----------
@@ -242,6 +251,9 @@ def make_pool(x, dy=None, *, hot=False, cache=None):
         The input; it is the pool's first entry, the others are copies of it.
     dy : ndarray, optional
         The output gradient of a train step, pooled alongside x.
+    residual, dsum : ndarray, optional
+        A fused row's residual and the gradient of its sum (skip form, train step),
+        pooled alongside x: one copy per entry, like dy.
     hot : bool, default False
         One entry (x itself): every call reads the same, cache-resident input.
     cache : CacheInfo, optional
@@ -252,9 +264,15 @@ def make_pool(x, dy=None, *, hot=False, cache=None):
     Pool
     """
     if hot:
-        return Pool([x], None if dy is None else [dy])
+        def one(a):
+            return None if a is None else [a]
+
+        return Pool([x], one(dy), residuals=one(residual), dsums=one(dsum))
     cache = last_level_cache() if cache is None else cache
     n = pool_entries(x.nbytes, cache.l3_bytes)
-    xs = _copies(x, n)
-    dys = None if dy is None else _copies(dy, n)
-    return Pool(xs, dys, cache=cache, target_bytes=POOL_FACTOR * cache.l3_bytes)
+
+    def copies(a):
+        return None if a is None else _copies(a, n)
+
+    return Pool(copies(x), copies(dy), cache=cache, target_bytes=POOL_FACTOR * cache.l3_bytes,
+                residuals=copies(residual), dsums=copies(dsum))

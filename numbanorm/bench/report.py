@@ -14,6 +14,8 @@ import platform
 
 import numpy as np
 
+from .cases import FUSED_OPS
+
 __all__ = [
     "ROW_KEYS",
     "format_notes",
@@ -30,15 +32,20 @@ __all__ = [
 #: or "hot" (one input read again); ``pool_entries`` / ``pool_bytes`` describe the
 #: pool of x. Times are seconds per call; ``vs_torch`` = PyTorch / numbanorm and
 #: ``vs_ort`` = ONNX Runtime / numbanorm (above 1: numbanorm is faster), ``copies`` =
-#: numbanorm / copy. ``max_abs_diff`` / ``ort_max_abs_diff``: largest difference of
-#: numbanorm's y (or dx) to PyTorch's / ONNX Runtime's. ``samples``: per-repeat
+#: numbanorm / copy. On a fused-epilogue row (``op`` a key of
+#: :data:`~numbanorm.bench.cases.FUSED_OPS`) ``numbanorm_s`` is the fused call,
+#: ``unfused_s`` the plain layer followed by separate NumPy passes, and ``vs_unfused`` =
+#: unfused / fused (above 1: fusing saves time); both are None on the other rows, and
+#: ONNX Runtime is not timed on fused rows. ``max_abs_diff`` / ``ort_max_abs_diff``:
+#: largest difference of numbanorm's y (or dx; every output of a fused row) to
+#: PyTorch's / ONNX Runtime's. ``samples``: per-repeat
 #: seconds per call of each callable. ``notes``: peer -> why it has no time in this
 #: row. ``error``: why the row failed, else None.
 ROW_KEYS = (
     "op", "shape", "layout", "dtype", "pass", "threads", "groups", "nbytes",
     "cache", "pool_entries", "pool_bytes",
-    "numbanorm_s", "torch_s", "ort_s", "copy_s",
-    "vs_torch", "vs_ort", "copies",
+    "numbanorm_s", "unfused_s", "torch_s", "ort_s", "copy_s",
+    "vs_torch", "vs_unfused", "vs_ort", "copies",
     "max_abs_diff", "ort_max_abs_diff",
     "samples", "notes", "error",
 )
@@ -82,16 +89,30 @@ def _fmt_ratio(value):
 #: Table columns after the left-aligned ones: (header, row key, formatter).
 _VALUE_COLUMNS = (
     ("numbanorm", "numbanorm_s", _fmt_time),
+    ("unfused", "unfused_s", _fmt_time),
     ("pytorch", "torch_s", _fmt_time),
     ("ort", "ort_s", _fmt_time),
     ("copy", "copy_s", _fmt_time),
     ("vs torch", "vs_torch", _fmt_ratio),
+    ("vs unfused", "vs_unfused", _fmt_ratio),
     ("vs ort", "vs_ort", _fmt_ratio),
     ("copies", "copies", _fmt_ratio),
 )
 _LEFT_COLUMNS = ("op", "shape", "layout", "dtype", "pass")
-#: ONNX Runtime is timed on the eval forward pass only: its cells in other rows are "-".
+#: ONNX Runtime is timed on the eval forward pass of plain rows only: "-" elsewhere.
 _ORT_KEYS = ("ort_s", "vs_ort")
+#: numbanorm unfused is timed on fused-epilogue rows only: "-" elsewhere.
+_UNFUSED_KEYS = ("unfused_s", "vs_unfused")
+
+
+def _not_timed(row, key):
+    """True where ``key`` has no callable by design (a "-" cell, an empty plot bar)."""
+    fused = row["op"] in FUSED_OPS
+    if key in _ORT_KEYS:
+        return fused or row["pass"] != "eval_forward"
+    if key in _UNFUSED_KEYS:
+        return not fused
+    return False
 
 
 def _row_cells(row, with_threads):
@@ -103,7 +124,7 @@ def _row_cells(row, with_threads):
     if row["error"]:
         return cells + ["error"] + [""] * (len(_VALUE_COLUMNS) - 1)
     for _, key, fmt in _VALUE_COLUMNS:
-        if key in _ORT_KEYS and row["pass"] != "eval_forward":
+        if _not_timed(row, key):
             cells.append("-")
         else:
             cells.append(fmt(row[key]))
@@ -114,7 +135,8 @@ def format_table(rows):
     """The rows as a fixed-width text table (values right-aligned, one line per row).
 
     A failed row shows "error"; "n/a" is a value that could not be measured (see
-    :func:`format_notes`); "-" is an ONNX Runtime cell of a training pass.
+    :func:`format_notes`); "-" is a callable not timed on that row by design: ONNX
+    Runtime on a training pass or a fused row, numbanorm unfused on a plain row.
     """
     with_threads = len({r["threads"] for r in rows}) > 1
     header = list(_LEFT_COLUMNS) + (["threads"] if with_threads else [])
@@ -215,16 +237,18 @@ def import_pyplot():
 _PANELS = (
     ("vs_torch", "PyTorch time / numbanorm time (>1: numbanorm faster)", "n/a (no PyTorch time)"),
     ("vs_ort", "ONNX Runtime time / numbanorm time (eval forward)", "n/a (no ONNX Runtime time)"),
+    ("vs_unfused", "numbanorm unfused / fused (fused-epilogue rows)", "n/a (no fused row)"),
     ("copies", "numbanorm time / copy time (1 = memory floor)", "n/a"),
 )
 
 
 def write_plot(rows, path, title=None):
-    """Bar chart (matplotlib, Agg) of the ratios: vs PyTorch, vs ONNX Runtime, copies.
+    """Bar chart (matplotlib, Agg) of the ratios: vs PyTorch, vs ONNX Runtime, vs
+    unfused, copies.
 
     Bars start at 1 on a log axis (right of the line: numbanorm faster, or above the
-    floor); a failed row says "error", a missing value "n/a", an ONNX Runtime cell of
-    a training pass stays empty.
+    floor); a failed row says "error", a missing value "n/a", a cell not timed by design
+    (ONNX Runtime on a training pass or fused row, unfused on a plain row) stays empty.
     """
     plt = import_pyplot()
     from matplotlib import ticker
@@ -241,7 +265,7 @@ def write_plot(rows, path, title=None):
               "eval_forward": "tab:green"}
     ypos = np.arange(len(rows))
     height = max(3.0, 0.28 * len(rows) + 1.5)
-    fig, axes = plt.subplots(1, len(_PANELS), figsize=(18, height), sharey=True)
+    fig, axes = plt.subplots(1, len(_PANELS), figsize=(22, height), sharey=True)
     for ax, (key, xlabel, empty) in zip(axes, _PANELS, strict=True):
         values = [r[key] for r in rows]
         known = [v for v in values if v is not None and v > 0]
@@ -254,7 +278,7 @@ def write_plot(rows, path, title=None):
             lo, hi = min(known + [1.0]), max(known + [1.0])
             ax.set_xlim(lo / 1.6, hi * 1.6)
         for y, v, r in zip(ypos, values, rows, strict=True):
-            if key in _ORT_KEYS and r["pass"] != "eval_forward":
+            if _not_timed(r, key):
                 continue
             if v is None or v <= 0:
                 if not known and not r["error"]:

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from . import peers
-from .cases import PASSES, make_input
+from .cases import PASSES, make_epilogue_input, make_input
 from .pool import make_pool
 from .report import new_row
 
@@ -134,8 +134,26 @@ def _to_numpy(out):
     return np.asarray(out)
 
 
-def _max_abs_diff(a, b):
-    return float(np.max(np.abs(_to_numpy(a).astype(np.float64) - _to_numpy(b))))
+def _max_abs_diff(a, b, where=None):
+    """Largest difference of two outputs (over ``where`` when given, 0.0 where it is
+    empty); of every pair of two tuples of outputs."""
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return max(_max_abs_diff(p, q, where) for p, q in zip(a, b, strict=True))
+    diff = np.abs(_to_numpy(a).astype(np.float64) - _to_numpy(b))
+    if where is not None:
+        diff = diff[where]
+    return float(np.max(diff, initial=0.0))
+
+
+def _agreement(case, pass_, ours, theirs):
+    """``max_abs_diff`` of a row's outputs. On a ReLU row's step, elements where the two
+    ReLU masks differ are left out: an output within rounding of 0 (a few per million
+    here) is positive in one library and not in the other, and its gradient then differs
+    by a whole ``dy``; the residual's gradient (the masked dy) shows where."""
+    if case.activation == "relu" and pass_ == "train_step":
+        same_mask = (_to_numpy(ours[1]) != 0) == (_to_numpy(theirs[1]) != 0)
+        return _max_abs_diff(ours, theirs, same_mask)
+    return _max_abs_diff(ours, theirs)
 
 
 def _ratio(stat, pick, num, den):
@@ -146,7 +164,8 @@ def _ratio(stat, pick, num, den):
 
 
 def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1, torch=True,
-            ort=True, copy=True, check=True, data=None, stat="paired", hot=False, cache=None):
+            ort=True, copy=True, unfused=True, check=True, data=None, stat="paired", hot=False,
+            cache=None):
     """Measure one row: numbanorm and its peers, interleaved, on ``threads`` threads.
 
     Parameters
@@ -157,12 +176,19 @@ def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1, torch=
     repeat, min_time, warmup
         See :func:`time_interleaved`.
     torch, ort, copy : bool
-        Time PyTorch, ONNX Runtime (eval forward only) and the copy.
+        Time PyTorch, ONNX Runtime (eval forward only, not on fused rows) and the copy.
+    unfused : bool
+        On a fused-epilogue row (``case.fused``), time numbanorm unfused
+        (:func:`~numbanorm.bench.peers.unfused_runner`) too: ``unfused_s`` and
+        ``vs_unfused`` = unfused time / fused time.
     check : bool
-        Compare numbanorm's output (y, or dx for a step) on the first pool entry
-        with PyTorch's and ONNX Runtime's (``max_abs_diff``, ``ort_max_abs_diff``).
-    data : (x, dy), optional
-        The input (default :func:`make_input`); the pool's other entries are copies.
+        Compare numbanorm's output (y, or dx for a step; every output of a fused row)
+        on the first pool entry with PyTorch's and ONNX Runtime's (``max_abs_diff``,
+        ``ort_max_abs_diff``; on a ReLU row's step, leaving out the few elements whose
+        output is within rounding of 0, where the two ReLU masks can differ).
+    data : (x, dy) or (x, dy, residual, dsum), optional
+        The input (default :func:`make_input`, and :func:`make_epilogue_input` for a
+        fused row); the pool's other entries are copies.
     stat : {"paired", "median", "min"}
         Checked before anything is built or timed.
     hot : bool
@@ -179,18 +205,27 @@ def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1, torch=
     Raises
     ------
     ValueError
-        For an unknown ``stat`` or ``pass_``.
+        For an unknown ``stat`` or ``pass_``, or a pass the row is not measured in
+        (``case.passes``: a skip row has no eval forward).
     """
     if stat not in STATS:
         raise ValueError(f"unknown stat {stat!r}; expected one of {STATS}")
     if pass_ not in PASSES:
         raise ValueError(f"unknown pass {pass_!r}; expected one of {PASSES}")
+    if pass_ not in case.passes:
+        raise ValueError(f"{case.op} is not measured in {pass_} (its passes: {case.passes})")
     peers.set_threads(threads)
-    x, dy = make_input(case) if data is None else data
-    pool = make_pool(x, dy if pass_ == "train_step" else None, hot=hot, cache=cache)
+    if data is None:
+        data = make_input(case) + (make_epilogue_input(case) if case.fused else (None, None))
+    x, dy, residual, dsum = tuple(data) + (None,) * (4 - len(data))
+    step = pass_ == "train_step"
+    pool = make_pool(x, dy if step else None, residual=residual if case.fused else None,
+                     dsum=dsum if case.fused and step else None, hot=hot, cache=cache)
     row = new_row(case, pass_, threads, cache="hot" if hot else "cold",
                   pool_entries=len(pool), pool_bytes=pool.nbytes)
     runners = {"numbanorm": peers.numbanorm_runner(case, pass_, pool)}
+    if case.fused and unfused:
+        runners["unfused"] = peers.unfused_runner(case, pass_, pool)
     notes = {}
     if torch:
         try:
@@ -199,7 +234,7 @@ def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1, torch=
             notes["torch"] = str(exc)
     else:
         notes["torch"] = "not measured (switched off)"
-    if pass_ == "eval_forward":
+    if pass_ == "eval_forward" and not case.fused:
         if ort:
             try:
                 runners["ort"] = peers.ort_runner(case, pool, runners["numbanorm"].layer, threads)
@@ -221,13 +256,16 @@ def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1, torch=
     if "ort" in result:
         row["ort_s"] = result["ort"][pick]
         row["vs_ort"] = _ratio(stat, pick, result["ort"], ours)
+    if "unfused" in result:
+        row["unfused_s"] = result["unfused"][pick]
+        row["vs_unfused"] = _ratio(stat, pick, result["unfused"], ours)
     if "copy" in result:
         row["copy_s"] = result["copy"][pick]
         row["copies"] = _ratio(stat, pick, ours, result["copy"])
     if check:
         got = runners["numbanorm"].at(0)
         if "torch" in runners:
-            row["max_abs_diff"] = _max_abs_diff(got, runners["torch"].at(0))
+            row["max_abs_diff"] = _agreement(case, pass_, got, runners["torch"].at(0))
         if "ort" in runners:
             row["ort_max_abs_diff"] = _max_abs_diff(got, runners["ort"].at(0))
     return row
