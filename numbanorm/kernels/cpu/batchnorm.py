@@ -14,7 +14,7 @@ order as the split drivers.
 
 Small planes (S under ``config.SMALL_PLANE``: a ResNet's 7x7 and 4x4 stages) would make
 every pass a loop of short rows, each too short to vectorize and ending in a merge: such
-input runs as a channels-last problem instead, the (N, C*S) rows read whole with one
+input, when it runs serially, runs as a channels-last problem instead, the (N, C*S) rows read whole with one
 lane per (channel, position) column, and each channel's S columns merged at the end.
 
 The fused epilogue: the forward drivers take ``residual`` (a view like x3, or None) and
@@ -51,9 +51,15 @@ def _channels(layout, x3):
     return x3.shape[1] if layout == "cf" else x3.shape[2]
 
 
+def _parallel(x3):
+    return config.PARALLEL and x3.size >= config.PARALLEL_MIN_ELEMENTS
+
+
 def _wide(layout, x3):
-    """Contiguous (N, C, S) input with small planes as ``("cl", (N, 1, C*S))``, and S; else (None, 1)."""
-    if layout == "cf" and 1 < x3.shape[2] < config.SMALL_PLANE:
+    """Contiguous (N, C, S) input with small planes, run serially, as ``("cl", (N, 1, C*S))``,
+    and S; else (None, 1). (A parallel run splits channels over threads instead: the wide
+    view's few long rows leave nothing to split.)"""
+    if layout == "cf" and 1 < x3.shape[2] < config.SMALL_PLANE and not _parallel(x3):
         n, c, s = x3.shape
         return x3.reshape(n, 1, c * s), s
     return None, 1
@@ -223,7 +229,7 @@ def _fused(layout, x3):
     if layout != "cf" or _wide(layout, x3)[0] is not None:
         return False
     n, c, s = x3.shape
-    threads = numba.get_num_threads() if config.PARALLEL and x3.size >= config.PARALLEL_MIN_ELEMENTS else 1
+    threads = numba.get_num_threads() if _parallel(x3) else 1
     return c >= 2 * threads and n * s * x3.itemsize <= config.FUSED_CHANNEL_BYTES
 
 
