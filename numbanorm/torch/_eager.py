@@ -108,38 +108,30 @@ class InstanceNorm(torch.autograd.Function):
         return dx, dw, db, None, None, None, None, None
 
 
-class GroupNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, num_groups, weight, bias, eps):
-        y, mean, rstd = _ops.gn_forward(x, num_groups, weight, bias, eps)
+def _stats_norm(name, op, forward_impl, backward_impl):
+    """A Function for ``forward_impl(x, extra, weight, bias, eps) -> (y, mean, rstd)`` and its
+    ``backward_impl(dy, x, extra, mean, rstd, weight, bias)`` (GroupNorm's extra is
+    num_groups, LayerNorm's normalized_shape)."""
+
+    def forward(ctx, x, extra, weight, bias, eps):
+        y, mean, rstd = forward_impl(x, extra, weight, bias, eps)
         ctx.save_for_backward(x, weight, bias)
         ctx.stats = mean, rstd
-        ctx.num_groups = num_groups
+        ctx.extra = extra
         return y
 
-    @staticmethod
-    @_once_differentiable("group_norm_backward")
+    @_once_differentiable(f"{op}_backward")
     def backward(ctx, dy):
         x, weight, bias = ctx.saved_tensors
-        dx, dw, db = _ops.gn_backward(dy, x, ctx.num_groups, *ctx.stats, weight, bias)
+        dx, dw, db = backward_impl(dy, x, ctx.extra, *ctx.stats, weight, bias)
         return dx, None, dw, db, None
 
+    return type(name, (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(backward)})
 
-class LayerNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, normalized_shape, weight, bias, eps):
-        y, mean, rstd = _ops.ln_forward(x, normalized_shape, weight, bias, eps)
-        ctx.save_for_backward(x, weight, bias)
-        ctx.stats = mean, rstd
-        ctx.normalized_shape = normalized_shape
-        return y
 
-    @staticmethod
-    @_once_differentiable("layer_norm_backward")
-    def backward(ctx, dy):
-        x, weight, bias = ctx.saved_tensors
-        dx, dw, db = _ops.ln_backward(dy, x, ctx.normalized_shape, *ctx.stats, weight, bias)
-        return dx, None, dw, db, None
+GroupNorm = _stats_norm("GroupNorm", "group_norm", _ops.gn_forward, _ops.gn_backward)
+LayerNorm = _stats_norm("LayerNorm", "layer_norm", _ops.ln_forward, _ops.ln_backward)
 
 
 class RMSNorm(torch.autograd.Function):

@@ -428,25 +428,31 @@ def _(grad_output, input, num_groups, mean, rstd, weight, bias):
     return _empty(input, layout), _fake_param_grad(weight, input), _fake_param_grad(bias, input)
 
 
-def _gn_setup(ctx, inputs, output):
-    x, num_groups, weight, bias, _ = inputs
+def _setup_saving_stats(ctx, inputs, output):
+    """Autograd setup of the ops ``op(x, extra, weight, bias, eps) -> (y, mean, rstd)``
+    (GroupNorm's extra is num_groups, LayerNorm's normalized_shape)."""
+    x, extra, weight, bias, _ = inputs
     _, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, mean, rstd, weight, bias)
-    ctx.num_groups = num_groups
+    ctx.extra = extra
     ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
 
 
-def _gn_backward(ctx, dy, *_):
-    if dy is None:
-        return (None,) * 5
-    x, mean, rstd, weight, bias = ctx.saved_tensors
-    dx, dw, db = torch.ops.numbanorm.group_norm_backward(dy, x, ctx.num_groups, mean, rstd, weight, bias)
-    return (dx, None, dw if ctx.has_weight else None, db if ctx.has_bias else None, None)
+def _backward_through(backward_op):
+    """The autograd formula of such an op: ``backward_op(dy, x, extra, mean, rstd, weight, bias)``."""
+    def backward(ctx, dy, *_):
+        if dy is None:
+            return (None,) * 5
+        x, mean, rstd, weight, bias = ctx.saved_tensors
+        dx, dw, db = backward_op(dy, x, ctx.extra, mean, rstd, weight, bias)
+        return (dx, None, dw if ctx.has_weight else None, db if ctx.has_bias else None, None)
+    return backward
 
 
-group_norm.register_autograd(_gn_backward, setup_context=_gn_setup)
+group_norm.register_autograd(_backward_through(torch.ops.numbanorm.group_norm_backward),
+                              setup_context=_setup_saving_stats)
 _register_backward_op(group_norm_backward, "group_norm_backward")
 
 
@@ -485,25 +491,8 @@ def _(grad_output, input, normalized_shape, mean, rstd, weight, bias):
     return _empty(input, "cf"), _fake_param_grad(weight, input), _fake_param_grad(bias, input)
 
 
-def _ln_setup(ctx, inputs, output):
-    x, normalized_shape, weight, bias, _ = inputs
-    _, mean, rstd = output
-    ctx.mark_non_differentiable(mean, rstd)
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, mean, rstd, weight, bias)
-    ctx.normalized_shape = normalized_shape
-    ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
-
-
-def _ln_backward(ctx, dy, *_):
-    if dy is None:
-        return (None,) * 5
-    x, mean, rstd, weight, bias = ctx.saved_tensors
-    dx, dw, db = torch.ops.numbanorm.layer_norm_backward(dy, x, ctx.normalized_shape, mean, rstd, weight, bias)
-    return (dx, None, dw if ctx.has_weight else None, db if ctx.has_bias else None, None)
-
-
-layer_norm.register_autograd(_ln_backward, setup_context=_ln_setup)
+layer_norm.register_autograd(_backward_through(torch.ops.numbanorm.layer_norm_backward),
+                              setup_context=_setup_saving_stats)
 _register_backward_op(layer_norm_backward, "layer_norm_backward")
 
 
