@@ -908,13 +908,16 @@ def test_asv_grids_cover_every_canonical_row(asv_modules):
 
 def test_asv_fused_rows_share_the_one_setup_cache(asv_modules):
     common = importlib.import_module("benchmarks.common")
-    from asv_runner.benchmarks._base import get_setup_cache_key
-
     epi = asv_modules["epilogue"]
-    keys = {get_setup_cache_key(cls.setup_cache) for cls in (
-        asv_modules["layernorm"].LayerNormRatios, asv_modules["batchnorm"].BatchNorm2dRatios,
-        epi.BatchNorm2dAddReLURatios, epi.AddLayerNormRatios, epi.AddRMSNormRatios)}
-    assert len(keys) == 1  # one measurement of every row per asv run
+    classes = (asv_modules["layernorm"].LayerNormRatios, asv_modules["batchnorm"].BatchNorm2dRatios,
+               epi.BatchNorm2dAddReLURatios, epi.AddLayerNormRatios, epi.AddRMSNormRatios)
+    # asv keys its setup cache by the function's source and place: one function, one key
+    assert len({getattr(cls.setup_cache, "__func__", cls.setup_cache) for cls in classes}) == 1
+    try:  # asv's own key, where the bench extra is installed
+        from asv_runner.benchmarks._base import get_setup_cache_key
+    except ImportError:
+        return
+    assert len({get_setup_cache_key(cls.setup_cache) for cls in classes}) == 1
     assert common.DEFAULT_CASES == bench.canonical_cases() + bench.fused_cases()
 
 
