@@ -9,6 +9,7 @@ Chan's formula) and the kernels are compiled with Numba.
 """
 
 from . import config, functional
+from ._memory import release as release_memory
 from .layers import (
     BatchNorm1d,
     BatchNorm2d,
@@ -37,6 +38,7 @@ __all__ = [
     "InstanceNorm2d",
     "InstanceNorm3d",
     "SyncBatchNorm",
+    "release_memory",
     "__version__",
 ]
 

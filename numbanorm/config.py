@@ -86,6 +86,13 @@ ALIGN_BYTES = _env_int("NUMBANORM_ALIGN_BYTES", 64)
 #: Passes over fewer elements than this use plain NumPy allocations: the aligned one
 #: costs about a microsecond more, which a small call would notice.
 ALIGN_MIN_ELEMENTS = _env_int("NUMBANORM_ALIGN_MIN_ELEMENTS", 1 << 16)
+#: Outputs and work arrays of at least this many bytes come from a pool of recycled
+#: buffers (see :mod:`numbanorm._memory`): glibc returns allocations above 32 MiB to the
+#: kernel on free, and a fresh one costs a page-zeroing pass over it on first write.
+RECYCLE_MIN_BYTES = _env_int("NUMBANORM_RECYCLE_MIN_BYTES", 16 << 20)
+#: Most bytes the pool holds, in use or not (0 turns recycling off); buffers beyond it
+#: are plain allocations. ``numbanorm.release_memory()`` frees the unused ones.
+RECYCLE_BYTES = _env_int("NUMBANORM_RECYCLE_BYTES", 1 << 30)
 #: Work items per thread in parallel column reductions (load balance vs merge cost).
 CHUNKS_PER_THREAD = _env_int("NUMBANORM_CHUNKS_PER_THREAD", 4)
 

@@ -8,6 +8,8 @@ import gc
 import os
 import time
 
+from .._memory import release as release_memory
+
 __all__ = ["busy_cpus", "busy_note", "peak_extra_bytes", "release_free_memory", "reset_peak_rss"]
 
 
@@ -37,13 +39,15 @@ _LIBC = None
 
 
 def release_free_memory():
-    """Give the allocator's free pages back to the system (glibc ``malloc_trim``).
+    """Give free pages back to the system: numbanorm's recycled buffers
+    (:func:`numbanorm.release_memory`), then the allocator's (glibc ``malloc_trim``).
 
     Without it, a temporary allocated where a freed array was (the previous call's
     output, say) reuses pages that are already resident and adds nothing to the peak,
     so a full-size temporary goes unseen. Returns False where there is no glibc.
     """
     global _LIBC
+    release_memory()
     if _LIBC is None:
         name = ctypes.util.find_library("c")
         try:
