@@ -71,7 +71,7 @@ def test_instance_norm_paths(path, shape, layout):
 
 
 @pytest.mark.parametrize("shape,layout", CASES)
-@pytest.mark.parametrize("small_plane", [1, 256], ids=["planes", "small-planes-as-columns"])
+@pytest.mark.parametrize("small_plane", [1, 256], ids=["planes", "small-planes"])
 @pytest.mark.parametrize("comm", [None, LocalCommunicator()], ids=["fused", "split"])
 def test_batch_norm_paths(path, shape, layout, small_plane, comm, monkeypatch):
     monkeypatch.setattr(config, "SMALL_PLANE", small_plane)
@@ -104,3 +104,37 @@ def test_rows_paths(path, center):
     _close(y, ry)
     for got, exp in zip(grads, rgrads, strict=True):
         _close(got, exp)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_short_planes_in_parallel_hard_inputs(monkeypatch, dtype):
+    """Short planes run in parallel take two plain passes per channel: mean 1e4 / std 1e-2
+    data, a constant channel and a NaN stay exact where they must, fused equals split."""
+    monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 0)
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal((6, 5, 3, 3)) * 1e-2 + 1e4).astype(dtype)
+    x[:, 1] = dtype(1e4 + 0.5)  # a constant channel
+    x[2, 3, 1, 1] = np.nan
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    w = rng.standard_normal(5).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype)
+    y, mean, rstd = F.batch_norm(x, None, None, w, b, training=True, return_stats=True)
+    dx, dw, db = F.batch_norm_backward(dy, x, mean, rstd, w, b)
+    ry, rmean, rrstd, _, _ = ref.batch_norm(x, None, None, w, b, training=True)
+    rdx, rdw, rdb = ref.batch_norm_backward(dy, x, rmean, rrstd, w, b)
+    ok = [0, 1, 2, 4]
+    tol = 1e-4 if dtype == np.float32 else 1e-9
+    np.testing.assert_allclose(y[:, ok], ry[:, ok], rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx[:, ok], rdx[:, ok], rtol=tol, atol=tol * 10)
+    np.testing.assert_allclose(dw[ok], rdw[ok], rtol=tol, atol=tol * 10)
+    assert np.all(y[:, 1] == b[1]) and mean[1] == np.float64(x[0, 1, 0, 0])  # constant channel: exactly
+    assert np.all(np.isnan(y[:, 3])) and np.isnan(mean[3]) and np.all(np.isfinite(y[:, ok]))
+    np.testing.assert_allclose(mean[ok], rmean[ok], rtol=1e-12)
+    # the split path (SyncBatchNorm's) takes the same statistics and output
+    y2, mean2, rstd2 = F.batch_norm(x, None, None, w, b, training=True, return_stats=True,
+                                    comm=LocalCommunicator())
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(mean2, mean)
+    np.testing.assert_array_equal(rstd2, rstd)
+    dx2, dw2, db2 = F.batch_norm_backward(dy, x, mean2, rstd2, w, b, comm=LocalCommunicator())
+    np.testing.assert_allclose(dx2, dx, rtol=1e-12, atol=1e-12 if dtype == np.float64 else 1e-6)

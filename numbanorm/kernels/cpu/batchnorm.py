@@ -15,7 +15,10 @@ order as the split drivers.
 Small planes (S under ``config.SMALL_PLANE``: a ResNet's 7x7 and 4x4 stages) would make
 every pass a loop of short rows, each too short to vectorize and ending in a merge: such
 input, when it runs serially, runs as a channels-last problem instead, the (N, C*S) rows read whole with one
-lane per (channel, position) column, and each channel's S columns merged at the end.
+lane per (channel, position) column, and each channel's S columns merged at the end. In
+parallel (over channels) a channel's statistics come from two plain passes over its N
+short planes (:func:`~numbanorm.kernels.cpu.moments.strided_moments`), with no
+per-plane merge.
 
 The fused epilogue: the forward drivers take ``residual`` (a view like x3, or None) and
 ``relu`` and apply them as y is written; the backward drivers take the forward's output
@@ -39,10 +42,11 @@ from .elementwise import (
     normalize_slice,
     pack_channel_dx,
     pack_stats,
+    strided_dx,
 )
-from .moments import chan_merge, merge, slice_moments
+from .moments import chan_merge, channels_moments, merge, slice_moments, strided_moments
 from .params import param
-from .sums import slice_grad_sums, slice_grad_sums_relu
+from .sums import slice_grad_sums, slice_grad_sums_relu, strided_grad_sums
 
 __all__ = ["moments", "normalize", "grad_sums", "apply_dx", "forward_train", "backward", "dweight"]
 
@@ -74,10 +78,20 @@ def _columns(values, s):
     return values if s == 1 else np.repeat(values, s, axis=2)
 
 
+def _short(layout, x3):
+    """Contiguous (N, C, S) input with small planes (S under ``config.SMALL_PLANE``)."""
+    return layout == "cf" and x3.shape[2] < config.SMALL_PLANE
+
+
 def moments(layout, x3):
     """Per-channel float64 ``(count, mean (C,), M2 (C,))`` over samples and positions."""
     wide, s = _wide(layout, x3)
     if wide is None:
+        if _short(layout, x3):
+            n, c, s = x3.shape
+            mean, m2 = np.empty(c), np.empty(c)
+            channels_moments(x3.size, x3, mean, m2)
+            return float(n * s), mean, m2
         return channel_moments(layout, x3)
     count, mean, m2 = channel_moments("cl", wide)
     c = x3.shape[1]
@@ -150,21 +164,25 @@ def dweight(s_dyx, rstd):
 
 
 @kernel
-def channels_forward(x3, y3, weight, bias, eps, block, max_ratio, mean, m2, var, rstd, r3, relu):
+def channels_forward(x3, y3, weight, bias, eps, block, max_ratio, short, mean, m2, var, rstd, r3, relu):
     """Fused BatchNorm of contiguous (N, C, S) input, parallel over channels.
 
     Per channel: the moments of its N planes, Chan-merged in plane order (as
-    :func:`channel_moments` merges them), then the planes normalized with
+    :func:`channel_moments` merges them; with ``short`` planes, two plain passes as in
+    :func:`moments`), then the planes normalized with
     ``(x - hi) * scale + shift'`` while they are in cache, with the epilogue (``relu`` not
     None: ``+ r3`` unless None, then ReLU when ``relu``) in the same write. ``weight``/``bias`` are (C,)
     in x's dtype; float64 ``mean``, ``m2``, ``var``, ``rstd`` (C,) are filled.
     """
     n_samples, n_channels, _ = x3.shape
     for c in prange(n_channels):
-        count, mu, q = 0.0, 0.0, 0.0
-        for n in range(n_samples):
-            k, p_mu, p_q = slice_moments(x3[n, c], block, max_ratio, True)
-            count, mu, q = chan_merge(count, mu, q, k, p_mu, p_q)
+        if short:
+            count, mu, q = strided_moments(x3, c)
+        else:
+            count, mu, q = 0.0, 0.0, 0.0
+            for n in range(n_samples):
+                k, p_mu, p_q = slice_moments(x3[n, c], block, max_ratio, True)
+                count, mu, q = chan_merge(count, mu, q, k, p_mu, p_q)
         v = q / count
         r = 1.0 / np.sqrt(v + eps)
         mean[c] = mu
@@ -185,11 +203,12 @@ def channels_forward(x3, y3, weight, bias, eps, block, max_ratio, mean, m2, var,
 
 
 @kernel
-def channels_backward(x3, dy3, dx3, mean, rstd, weight, use_input_stats, s_dy, s_dyx, y3, g3):
+def channels_backward(x3, dy3, dx3, mean, rstd, weight, use_input_stats, short, s_dy, s_dyx, y3, g3):
     """Fused BatchNorm backward of contiguous (N, C, S) input, parallel over channels.
 
     Per channel: ``sum(dy)`` and ``sum(dy * (x - mean))`` over its N planes into
-    float64 ``s_dy``/``s_dyx``, then dx of the planes while x and dy are in cache.
+    float64 ``s_dy``/``s_dyx``, then dx of the planes while x and dy are in cache
+    (``short`` planes, without an epilogue: each pass one loop nest over the channel).
     With ``y3`` (not None: a ReLU epilogue's output), ``dy`` is ``dy * (y3 > 0)``, written
     to ``g3`` in the sums' read (to ``dx3`` when ``g3`` is None, and dx formed there in place).
     """
@@ -197,6 +216,16 @@ def channels_backward(x3, dy3, dx3, mean, rstd, weight, use_input_stats, s_dy, s
     count = float(n_samples * length)
     for c in prange(n_channels):
         mu = mean[c]
+        r = rstd[c]
+        scale = r * weight[c]
+        if short and y3 is None:
+            a, b = strided_grad_sums(x3, dy3, c, mu)
+            s_dy[c] = a
+            s_dyx[c] = b
+            mean_dy = a / count if use_input_stats else 0.0
+            coef = r * r * b / count if use_input_stats else 0.0
+            strided_dx(x3, dy3, dx3, c, mu, 1.0, mean_dy, coef, scale)
+            continue
         a = 0.0
         b = 0.0
         for n in range(n_samples):
@@ -210,10 +239,8 @@ def channels_backward(x3, dy3, dx3, mean, rstd, weight, use_input_stats, s_dy, s
             b += q
         s_dy[c] = a
         s_dyx[c] = b
-        r = rstd[c]
         mean_dy = a / count if use_input_stats else 0.0
         coef = r * r * b / count if use_input_stats else 0.0
-        scale = r * weight[c]
         for n in range(n_samples):
             if y3 is None:
                 dx_slice(x3[n, c], dy3[n, c], dx3[n, c], mu, 1.0, mean_dy, coef, scale)
@@ -246,7 +273,7 @@ def forward_train(layout, x3, y3, weight, bias, eps, residual=None, relu=False):
     n, c, s = x3.shape
     mean, m2, var, rstd = (np.empty(c) for _ in range(4))
     channels_forward(x3.size, x3, y3, param(weight, c, 1.0, x3.dtype), param(bias, c, 0.0, x3.dtype), eps,
-                     config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, mean, m2, var, rstd, residual,
+                     config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, _short(layout, x3), mean, m2, var, rstd, residual,
                      epilogue_flag(residual, relu))
     return float(n * s), mean, m2, var, rstd
 
@@ -268,5 +295,6 @@ def backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats, y3=None,
     c = x3.shape[1]
     s_dy, s_dyx = np.empty(c), np.empty(c)
     channels_backward(x3.size, x3, dy3, dx3, np.ascontiguousarray(mean), np.ascontiguousarray(rstd),
-                      param(weight, c, 1.0, x3.dtype), bool(use_input_stats), s_dy, s_dyx, y3, g3)
+                      param(weight, c, 1.0, x3.dtype), bool(use_input_stats), _short(layout, x3), s_dy, s_dyx, y3,
+                      g3)
     return dweight(s_dyx, rstd), s_dy

@@ -42,6 +42,7 @@ __all__ = [
     "epilogue_slice_affine",
     "epilogue_cols",
     "dx_slice",
+    "strided_dx",
     "dx_slice_affine",
     "dx_cols",
     "dx_slice_inplace",
@@ -255,6 +256,19 @@ def dx_slice(x, dy, dx, m, a, b, c, s):
     """``dx = s * ((a * dy - b) - (x - m) * c)`` over a 1-D slice, the bracket in float64."""
     for i in range(x.size):
         dx[i] = s * ((a * np.float64(dy[i]) - b) - (np.float64(x[i]) - m) * c)
+
+
+@dx_helper
+def strided_dx(x3, dy3, dx3, k, m, a, b, c, s):
+    """:func:`dx_slice` over channel ``k`` of C-contiguous (N, C, S) arrays, its N slices
+    in one loop nest."""
+    n, _, length = x3.shape
+    for i in range(n):
+        xr = x3[i, k]
+        gr = dy3[i, k]
+        dr = dx3[i, k]
+        for j in range(length):
+            dr[j] = s * ((a * np.float64(gr[j]) - b) - (np.float64(xr[j]) - m) * c)
 
 
 @dx_helper

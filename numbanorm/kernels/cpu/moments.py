@@ -8,6 +8,10 @@ Every layer's statistics come from here, accumulated in float64:
   squared deviations from it) for the blocks that fail the check.
 * Columns of a (rows, C) array (channels-last and (N, C) input): lane-wise Welford
   (1962), one lane per column, which reads each row once.
+* A channel of short planes (BatchNorm's 7x7 and 4x4 stages, parallel over channels): its
+  N short slices read twice while in cache, the corrected two-pass algorithm (mean, then
+  ``sum(d**2) - sum(d)**2 / n`` with ``d = x - mean``) in float64, with no per-slice
+  block check or merge, which would cost as much as the slice's values.
 
 Blocks, row chunks, threads, channels of a group, CUDA blocks and processes are then
 combined with the pairwise update of Chan, Golub & LeVeque (1979):
@@ -45,6 +49,8 @@ __all__ = [
     "welford_step",
     "cols_range_moments",
     "rows_moments",
+    "strided_moments",
+    "channels_moments",
     "cols_moments",
     "merge_partials",
     "merge",
@@ -322,6 +328,46 @@ def rows_moments(x2, block, max_ratio, mean, m2):
     """Mean and M2 of every row of a C-contiguous (R, L) array, parallel over rows."""
     for r in prange(x2.shape[0]):
         _, mean[r], m2[r] = slice_moments(x2[r], block, max_ratio, True)
+
+
+@reduce_helper
+def strided_moments(x3, c):
+    """(count, mean, M2) of channel ``c`` of a C-contiguous (N, C, S) array, two passes.
+
+    The corrected two-pass algorithm (Chan, Golub & LeVeque, 1983) in float64: the mean,
+    then ``sum(d**2) - sum(d)**2 / n`` with ``d = x - mean``, whose second term removes
+    the first pass's rounding. For a channel small enough to stay in cache between reads.
+    """
+    n, _, s = x3.shape
+    count = float(n * s)
+    if count == 0.0:
+        return 0.0, 0.0, 0.0
+    t = 0.0
+    for i in range(n):
+        row = x3[i, c]
+        for j in range(s):
+            t += np.float64(row[j])
+    mean = t / count
+    q = 0.0
+    e = 0.0
+    for i in range(n):
+        row = x3[i, c]
+        for j in range(s):
+            d = np.float64(row[j]) - mean
+            q += d * d
+            e += d
+    m2 = q - e * e / count
+    if m2 < 0.0:  # rounding, when M2 is next to nothing; NaN stays NaN
+        m2 = 0.0
+    return count, mean + e / count, m2
+
+
+@kernel
+def channels_moments(x3, mean, m2):
+    """Per-channel mean and M2 of a C-contiguous (N, C, S) array (:func:`strided_moments`),
+    parallel over channels."""
+    for c in prange(x3.shape[1]):
+        _, mean[c], m2[c] = strided_moments(x3, c)
 
 
 @kernel

@@ -19,6 +19,7 @@ from .moments import _plan_chunks
 
 __all__ = [
     "slice_grad_sums",
+    "strided_grad_sums",
     "slice_grad_sums_relu",
     "slice_weighted_grad_sums",
     "slice_weighted_grad_sums_relu",
@@ -38,6 +39,24 @@ def slice_grad_sums(x, dy, mean):
         g = np.float64(dy[i])
         s_dy += g
         s_dyx += g * (x[i] - mean)
+    return s_dy, s_dyx
+
+
+@reduce_helper
+def strided_grad_sums(x3, dy3, c, mean):
+    """:func:`slice_grad_sums` over channel ``c`` of C-contiguous (N, C, S) arrays: its N
+    slices in one loop nest (for short slices, where a call per slice would cost as much
+    as its values)."""
+    n, _, length = x3.shape
+    s_dy = 0.0
+    s_dyx = 0.0
+    for i in range(n):
+        xr = x3[i, c]
+        gr = dy3[i, c]
+        for j in range(length):
+            g = np.float64(gr[j])
+            s_dy += g
+            s_dyx += g * (xr[j] - mean)
     return s_dy, s_dyx
 
 
