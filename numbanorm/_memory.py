@@ -52,15 +52,16 @@ def empty(shape, dtype=np.float64, work=None):
     size = math.prod(shape)
     if work is None and size < config.ALIGN_MIN_ELEMENTS:
         return np.empty(shape, dtype)
-    align = config.ALIGN_BYTES
     nbytes = size * dtype.itemsize
     if nbytes >= config.RECYCLE_MIN_BYTES:
         with _LOCK:  # the view is made before another thread can find the buffer unused
-            buf = _recycled(nbytes + align)
-            start = -address(buf) % align
-            return buf[start:start + nbytes].view(dtype).reshape(shape)
-    buf = np.empty(nbytes + align, np.uint8)
-    start = -address(buf) % align
+            return _aligned_view(_recycled(nbytes + config.ALIGN_BYTES), nbytes, dtype, shape)
+    return _aligned_view(np.empty(nbytes + config.ALIGN_BYTES, np.uint8), nbytes, dtype, shape)
+
+
+def _aligned_view(buf, nbytes, dtype, shape):
+    """The ``nbytes`` of uint8 ``buf`` from its first ``config.ALIGN_BYTES`` boundary, as ``dtype``."""
+    start = -address(buf) % config.ALIGN_BYTES
     return buf[start:start + nbytes].view(dtype).reshape(shape)
 
 
@@ -94,12 +95,7 @@ def _recycled(nbytes):
             pool.append(buf)
             return buf
     held = sum(b.nbytes for b in pool)
-    i = 0
-    while held + nbytes > config.RECYCLE_BYTES and i < len(pool):
-        if _refs(pool, i) == _UNUSED:
-            held -= pool.pop(i).nbytes
-        else:
-            i += 1
+    held -= _drop_unused(pool, held + nbytes - config.RECYCLE_BYTES)
     buf = np.empty(nbytes, np.uint8)
     if held + nbytes <= config.RECYCLE_BYTES:
         pool.append(buf)
@@ -120,14 +116,20 @@ def release():
         The bytes freed.
     """
     with _LOCK:
-        freed = 0
-        i = 0
-        while i < len(_POOL):
-            if _refs(_POOL, i) == _UNUSED:
-                freed += _POOL.pop(i).nbytes
-            else:
-                i += 1
-        return freed
+        return _drop_unused(_POOL, math.inf)
+
+
+def _drop_unused(pool, excess):
+    """Drop unused buffers from ``pool``, least recently used first, until ``excess`` bytes
+    are gone (or none is left unused); return the bytes dropped."""
+    dropped = 0
+    i = 0
+    while dropped < excess and i < len(pool):
+        if _refs(pool, i) == _UNUSED:
+            dropped += pool.pop(i).nbytes
+        else:
+            i += 1
+    return dropped
 
 
 def full(shape, fill_value, dtype=np.float64, work=None):
