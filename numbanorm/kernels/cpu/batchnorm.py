@@ -214,33 +214,32 @@ def channels_backward(x3, dy3, dx3, mean, rstd, weight, use_input_stats, short, 
     """
     n_samples, n_channels, length = x3.shape
     count = float(n_samples * length)
+    nest = short and y3 is None
     for c in prange(n_channels):
         mu = mean[c]
-        r = rstd[c]
-        scale = r * weight[c]
-        if short and y3 is None:
+        if nest:
             a, b = strided_grad_sums(x3, dy3, c, mu)
-            s_dy[c] = a
-            s_dyx[c] = b
-            mean_dy = a / count if use_input_stats else 0.0
-            coef = r * r * b / count if use_input_stats else 0.0
-            strided_dx(x3, dy3, dx3, c, mu, 1.0, mean_dy, coef, scale)
-            continue
-        a = 0.0
-        b = 0.0
-        for n in range(n_samples):
-            if y3 is None:
-                p, q = slice_grad_sums(x3[n, c], dy3[n, c], mu)
-            elif g3 is None:
-                p, q = slice_grad_sums_relu(x3[n, c], dy3[n, c], y3[n, c], dx3[n, c], mu)
-            else:
-                p, q = slice_grad_sums_relu(x3[n, c], dy3[n, c], y3[n, c], g3[n, c], mu)
-            a += p
-            b += q
+        else:
+            a = 0.0
+            b = 0.0
+            for n in range(n_samples):
+                if y3 is None:
+                    p, q = slice_grad_sums(x3[n, c], dy3[n, c], mu)
+                elif g3 is None:
+                    p, q = slice_grad_sums_relu(x3[n, c], dy3[n, c], y3[n, c], dx3[n, c], mu)
+                else:
+                    p, q = slice_grad_sums_relu(x3[n, c], dy3[n, c], y3[n, c], g3[n, c], mu)
+                a += p
+                b += q
         s_dy[c] = a
         s_dyx[c] = b
+        r = rstd[c]
         mean_dy = a / count if use_input_stats else 0.0
         coef = r * r * b / count if use_input_stats else 0.0
+        scale = r * weight[c]
+        if nest:
+            strided_dx(x3, dy3, dx3, c, mu, 1.0, mean_dy, coef, scale)
+            continue
         for n in range(n_samples):
             if y3 is None:
                 dx_slice(x3[n, c], dy3[n, c], dx3[n, c], mu, 1.0, mean_dy, coef, scale)
