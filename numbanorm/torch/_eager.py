@@ -70,42 +70,35 @@ def _bump(*buffers):
             torch.autograd.graph.increment_version(b)
 
 
-class BatchNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):
-        y, mean, rstd = _ops.bn_forward(x, weight, bias, running_mean, running_var, training, momentum, eps)
-        if training:
+def _channel_norm(name, op, forward_impl, backward_impl):
+    """A Function for ``forward_impl(x, weight, bias, running_mean, running_var, flag, momentum,
+    eps) -> (y, mean, rstd)``, ``flag`` being whether the batch's statistics are used and the
+    given running buffers updated in place (BatchNorm's ``training``, InstanceNorm's
+    ``use_input_stats``), and its ``backward_impl(dy, x, mean, rstd, weight, bias, use_input_stats)``."""
+
+    def forward(ctx, x, weight, bias, running_mean, running_var, flag, momentum, eps):
+        y, mean, rstd = forward_impl(x, weight, bias, running_mean, running_var, flag, momentum, eps)
+        if flag:
             _bump(running_mean, running_var)
         ctx.save_for_backward(x, weight, bias)
         ctx.stats = mean, rstd
-        ctx.use_input_stats = bool(training) or running_mean is None
+        # Without running statistics BatchNorm normalizes with the batch's in eval mode too
+        # (InstanceNorm refuses that combination before this point).
+        ctx.use_input_stats = bool(flag) or running_mean is None
         return y
 
-    @staticmethod
-    @_once_differentiable("batch_norm_backward")
+    @_once_differentiable(f"{op}_backward")
     def backward(ctx, dy):
         x, weight, bias = ctx.saved_tensors
-        dx, dw, db = _ops.bn_backward(dy, x, *ctx.stats, weight, bias, ctx.use_input_stats)
+        dx, dw, db = backward_impl(dy, x, *ctx.stats, weight, bias, ctx.use_input_stats)
         return dx, dw, db, None, None, None, None, None
 
+    return type(name, (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(backward)})
 
-class InstanceNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
-        y, mean, rstd = _ops.in_forward(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps)
-        if use_input_stats:
-            _bump(running_mean, running_var)
-        ctx.save_for_backward(x, weight, bias)
-        ctx.stats = mean, rstd
-        ctx.use_input_stats = bool(use_input_stats)
-        return y
 
-    @staticmethod
-    @_once_differentiable("instance_norm_backward")
-    def backward(ctx, dy):
-        x, weight, bias = ctx.saved_tensors
-        dx, dw, db = _ops.in_backward(dy, x, *ctx.stats, weight, bias, ctx.use_input_stats)
-        return dx, dw, db, None, None, None, None, None
+BatchNorm = _channel_norm("BatchNorm", "batch_norm", _ops.bn_forward, _ops.bn_backward)
+InstanceNorm = _channel_norm("InstanceNorm", "instance_norm", _ops.in_forward, _ops.in_backward)
 
 
 def _stats_norm(name, op, forward_impl, backward_impl):

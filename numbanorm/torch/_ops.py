@@ -165,6 +165,11 @@ def _fake_param_grad(param, x):
     return torch.empty_like(param, memory_format=torch.contiguous_format)
 
 
+def _fake_grads(input, layout, weight, bias):
+    """The fake outputs of a backward op: ``(dx in layout, dweight, dbias)``."""
+    return _empty(input, layout), _fake_param_grad(weight, input), _fake_param_grad(bias, input)
+
+
 def _running_copies(running_mean, running_var):
     """Copies of the running buffers for numbanorm to update in place (None when absent)."""
     if running_mean is None or running_var is None:
@@ -279,17 +284,20 @@ def batch_norm(input: Tensor, weight: Tensor | None, bias: Tensor | None, runnin
     return y, mean, rstd, rm, rv
 
 
-@batch_norm.register_fake
-def _(input, weight, bias, running_mean, running_var, training, momentum, eps):
-    layout = channel_layout(input) or "cf"
-    c = input.shape[1]
-    mean = input.new_empty(c, dtype=torch.float64)
-    rstd = input.new_empty(c, dtype=torch.float64)
-    if training and running_mean is not None:
+def _fake_channels(input, stat_shape, running_mean, running_var, updates):
+    """The fake outputs of the channel ops: ``(y, mean, rstd, new_running_mean, new_running_var)``."""
+    mean = input.new_empty(stat_shape, dtype=torch.float64)
+    rstd = input.new_empty(stat_shape, dtype=torch.float64)
+    if updates and running_mean is not None:
         rm, rv = torch.empty_like(running_mean), torch.empty_like(running_var)
     else:
         rm, rv = _empty0(input), _empty0(input)
-    return _empty(input, layout), mean, rstd, rm, rv
+    return _empty(input, channel_layout(input) or "cf"), mean, rstd, rm, rv
+
+
+@batch_norm.register_fake
+def _(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    return _fake_channels(input, input.shape[1], running_mean, running_var, training)
 
 
 @torch.library.custom_op("numbanorm::batch_norm_backward", mutates_args=(), device_types="cpu")
@@ -302,39 +310,38 @@ def batch_norm_backward(grad_output: Tensor, input: Tensor, mean: Tensor, rstd: 
 
 @batch_norm_backward.register_fake
 def _(grad_output, input, mean, rstd, weight, bias, use_input_stats):
-    layout = channel_layout(input) or "cf"
-    return _empty(input, layout), _fake_param_grad(weight, input), _fake_param_grad(bias, input)
+    return _fake_grads(input, channel_layout(input) or "cf", weight, bias)
 
 
-def _setup_channels(ctx, inputs, output, use_input_stats):
-    x, weight, bias = inputs[:3]
+def _setup_channels(ctx, inputs, output):
+    """Autograd setup of the channel ops ``op(x, weight, bias, running_mean, running_var, flag,
+    momentum, eps)``, ``flag`` being BatchNorm's ``training`` or InstanceNorm's
+    ``use_input_stats``."""
+    x, weight, bias, running_mean, _, flag = inputs[:6]
     _, mean, rstd, rm, rv = output
     ctx.mark_non_differentiable(mean, rstd, rm, rv)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, mean, rstd, weight, bias)
-    ctx.use_input_stats = use_input_stats
+    # Without running statistics BatchNorm normalizes with the batch's in eval mode too
+    # (InstanceNorm refuses that combination before this point).
+    ctx.use_input_stats = bool(flag) or running_mean is None
     ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
 
 
-def _grads(ctx, dx, dw, db, n_rest):
-    """Autograd's return tuple: (dx, dweight, dbias) then None for the other inputs."""
-    return (dx, dw if ctx.has_weight else None, db if ctx.has_bias else None) + (None,) * n_rest
+def _channels_backward_through(backward_op):
+    """The autograd formula of a channel op: ``backward_op(dy, x, mean, rstd, weight, bias,
+    use_input_stats)``."""
+    def backward(ctx, dy, *_):
+        if dy is None:
+            return (None,) * 8
+        x, mean, rstd, weight, bias = ctx.saved_tensors
+        dx, dw, db = backward_op(dy, x, mean, rstd, weight, bias, ctx.use_input_stats)
+        return (dx, dw if ctx.has_weight else None, db if ctx.has_bias else None) + (None,) * 5
+    return backward
 
 
-def _bn_setup(ctx, inputs, output):
-    running_mean, training = inputs[3], inputs[5]
-    _setup_channels(ctx, inputs, output, bool(training) or running_mean is None)
-
-
-def _bn_backward(ctx, dy, *_):
-    if dy is None:
-        return (None,) * 8
-    x, mean, rstd, weight, bias = ctx.saved_tensors
-    dx, dw, db = torch.ops.numbanorm.batch_norm_backward(dy, x, mean, rstd, weight, bias, ctx.use_input_stats)
-    return _grads(ctx, dx, dw, db, 5)
-
-
-batch_norm.register_autograd(_bn_backward, setup_context=_bn_setup)
+batch_norm.register_autograd(_channels_backward_through(torch.ops.numbanorm.batch_norm_backward),
+                             setup_context=_setup_channels)
 _register_backward_op(batch_norm_backward, "batch_norm_backward")
 
 
@@ -355,15 +362,7 @@ def instance_norm(input: Tensor, weight: Tensor | None, bias: Tensor | None, run
 
 @instance_norm.register_fake
 def _(input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps):
-    layout = channel_layout(input) or "cf"
-    n, c = input.shape[:2]
-    mean = input.new_empty((n, c), dtype=torch.float64)
-    rstd = input.new_empty((n, c), dtype=torch.float64)
-    if use_input_stats and running_mean is not None:
-        rm, rv = torch.empty_like(running_mean), torch.empty_like(running_var)
-    else:
-        rm, rv = _empty0(input), _empty0(input)
-    return _empty(input, layout), mean, rstd, rm, rv
+    return _fake_channels(input, tuple(input.shape[:2]), running_mean, running_var, use_input_stats)
 
 
 @torch.library.custom_op("numbanorm::instance_norm_backward", mutates_args=(), device_types="cpu")
@@ -376,23 +375,11 @@ def instance_norm_backward(grad_output: Tensor, input: Tensor, mean: Tensor, rst
 
 @instance_norm_backward.register_fake
 def _(grad_output, input, mean, rstd, weight, bias, use_input_stats):
-    layout = channel_layout(input) or "cf"
-    return _empty(input, layout), _fake_param_grad(weight, input), _fake_param_grad(bias, input)
+    return _fake_grads(input, channel_layout(input) or "cf", weight, bias)
 
 
-def _in_setup(ctx, inputs, output):
-    _setup_channels(ctx, inputs, output, bool(inputs[5]))
-
-
-def _in_backward(ctx, dy, *_):
-    if dy is None:
-        return (None,) * 8
-    x, mean, rstd, weight, bias = ctx.saved_tensors
-    dx, dw, db = torch.ops.numbanorm.instance_norm_backward(dy, x, mean, rstd, weight, bias, ctx.use_input_stats)
-    return _grads(ctx, dx, dw, db, 5)
-
-
-instance_norm.register_autograd(_in_backward, setup_context=_in_setup)
+instance_norm.register_autograd(_channels_backward_through(torch.ops.numbanorm.instance_norm_backward),
+                                setup_context=_setup_channels)
 _register_backward_op(instance_norm_backward, "instance_norm_backward")
 
 
@@ -424,8 +411,7 @@ def group_norm_backward(grad_output: Tensor, input: Tensor, num_groups: int, mea
 
 @group_norm_backward.register_fake
 def _(grad_output, input, num_groups, mean, rstd, weight, bias):
-    layout = channel_layout(input) or "cf"
-    return _empty(input, layout), _fake_param_grad(weight, input), _fake_param_grad(bias, input)
+    return _fake_grads(input, channel_layout(input) or "cf", weight, bias)
 
 
 def _setup_saving_stats(ctx, inputs, output):
@@ -488,7 +474,7 @@ def layer_norm_backward(grad_output: Tensor, input: Tensor, normalized_shape: li
 
 @layer_norm_backward.register_fake
 def _(grad_output, input, normalized_shape, mean, rstd, weight, bias):
-    return _empty(input, "cf"), _fake_param_grad(weight, input), _fake_param_grad(bias, input)
+    return _fake_grads(input, "cf", weight, bias)
 
 
 layer_norm.register_autograd(_backward_through(torch.ops.numbanorm.layer_norm_backward),
