@@ -4,7 +4,8 @@ BatchNorm1d/2d/3d, LayerNorm, RMSNorm, GroupNorm and InstanceNorm1d/2d/3d with f
 backward, running statistics, and BatchNorm folding for inference (:mod:`numbanorm.fuse`);
 SyncBatchNorm across processes (:mod:`numbanorm.distributed`, MPI or torch.distributed).
 Semantics match PyTorch; statistics are numerically stable (float64 block sums
-checked for cancellation, with a two-pass fallback, merged with Chan's formula) and the kernels are compiled with Numba.
+checked for cancellation, with a two-pass fallback, or lane-wise Welford, merged with
+Chan's formula) and the kernels are compiled with Numba.
 """
 
 from . import config, functional

@@ -71,11 +71,6 @@ SHIFT_RATIO_MAX = float(_env_int("NUMBANORM_SHIFT_RATIO_MAX", 1024))
 COLUMN_BLOCK_ELEMENTS = _env_int("NUMBANORM_COLUMN_BLOCK_ELEMENTS", 32768)
 #: ... and of at least this many rows, however wide the rows are.
 COLUMN_MIN_ROWS = _env_int("NUMBANORM_COLUMN_MIN_ROWS", 64)
-#: Column moments take shifted sums over blocks of this many rows, each block about its
-#: first row: the block bounds the cancellation ratio ``r <= rows`` (see
-#: ``SHIFT_RATIO_MAX``), and a column that fails the check is recomputed from the block
-#: while it is in cache. Each block ends in a C-wide Chan merge (a division per column).
-COLUMN_BLOCK_ROWS = _env_int("NUMBANORM_COLUMN_BLOCK_ROWS", 256)
 #: BatchNorm on contiguous (N, C, S) input runs statistics and normalize (gradient sums
 #: and dx) in one pass per channel when a channel has at most this many bytes: it is read
 #: a second time from L2 instead of memory. Half of a 1 MiB L2: the channel's output

@@ -145,14 +145,12 @@ def test_nan_propagates_only_to_its_slice():
 
 @pytest.mark.parametrize("rows", [0, 1, 3, 7, 8, 9, 15, 16, 17, 1023])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("block_rows", [1, 2, 8, 9, 17, 256])
-def test_cols_range_moments_every_row_count(rows, dtype, block_rows):
-    # sweeps of four rows from each half plus the tails, in blocks of every kind of size:
-    # every split is exercised
+def test_cols_range_moments_every_row_count(rows, dtype):
+    # two Welford streams of rows // 8 * 4 rows each plus a tail: every split is exercised
     rng = np.random.default_rng(rows)
     x = (rng.standard_normal((rows, 5)) * 3 + 5).astype(dtype)
-    mean, m2, tmp = np.empty(5), np.empty(5), np.empty((3, 5))
-    count = M.cols_range_moments(x, mean, m2, tmp, block_rows, 1024.0)
+    mean, m2, tmp = np.empty(5), np.empty(5), np.empty((2, 5))
+    count = M.cols_range_moments(x, mean, m2, tmp)
     assert count == rows
     x64 = x.astype(np.float64)
     if rows == 0:
@@ -178,42 +176,25 @@ def test_cols_block_grad_sums_every_row_count(rows, dtype):
     np.testing.assert_allclose(s_dyx, -0.25 + (dy64 * (x64 - mean)).sum(axis=0), rtol=1e-12, atol=1e-12)
 
 def test_cols_range_moments_far_from_zero_float32():
-    # mean 1e4, std 1e-2 in float32, 3000 rows: shifted sums in float64 keep every digit that matters
+    # mean 1e4, std 1e-2 in float32, 3000 rows: Welford in float64 keeps every digit that matters
     rng = np.random.default_rng(5)
     x = (1e4 + 1e-2 * rng.standard_normal((3001, 64))).astype(np.float32)
     mean, m2 = np.empty(64), np.empty(64)
-    M.cols_range_moments(x, mean, m2, np.empty((3, 64)), 256, 1024.0)
+    M.cols_range_moments(x, mean, m2, np.empty((2, 64)))
     x64 = x.astype(np.float64)
     ref_mean = x64.mean(axis=0)
     np.testing.assert_allclose(mean, ref_mean, rtol=1e-14)
     np.testing.assert_allclose(m2, ((x64 - ref_mean) ** 2).sum(axis=0), rtol=1e-9)
 
 
-@pytest.mark.parametrize("max_ratio", [0.0, 1024.0])
-def test_cols_range_moments_outlier_first_row_falls_back_to_two_pass(max_ratio):
-    # Column 0 starts with an outlier: its shifted sums cancel (r ~ rows) and the block is
-    # recomputed two-pass; max_ratio 0 sends every column of every block there.
-    rng = np.random.default_rng(11)
-    x = rng.standard_normal((1500, 6))
-    x[0, 0] = 1e9
-    x[750, 1] = -1e9  # the first row of the second half's first block
-    x[128, 2] = 1e9   # the first row of the first half's second block
-    mean, m2 = np.empty(6), np.empty(6)
-    count = M.cols_range_moments(x, mean, m2, np.empty((3, 6)), 256, max_ratio)
-    assert count == 1500
-    np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-13)
-    np.testing.assert_allclose(m2, ((x - x.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-12)
-
-
-def test_cols_range_moments_non_finite_columns():
-    x = np.ones((40, 4), np.float32)
-    x[0, 0] = np.nan      # a non-finite first value
-    x[17, 1] = np.inf     # later in the block
-    x[3, 2] = -np.inf
-    mean, m2 = np.empty(4), np.empty(4)
-    M.cols_range_moments(x, mean, m2, np.empty((3, 4)), 16, 1024.0)
-    assert np.isnan(mean[0]) and np.isnan(m2[0])
-    # an infinity leaves no finite statistic (y is NaN there, as in PyTorch)
-    assert not np.isfinite(mean[1]) and np.isnan(m2[1])
-    assert not np.isfinite(mean[2]) and np.isnan(m2[2])
-    assert mean[3] == 1.0 and m2[3] == 0.0
+@pytest.mark.parametrize("n_a, n_b", [(0.0, 5.0), (7.0, 0.0), (3.0, 1e6), (1e6, 3.0)])
+def test_chan_merge_into_is_chan_merge_per_entry(n_a, n_b):
+    rng = np.random.default_rng(3)
+    mean_a, mean_b = rng.standard_normal(37) * 100, rng.standard_normal(37) * 100
+    m2_a, m2_b = rng.random(37) * 10, rng.random(37) * 10
+    a, q = mean_a.copy(), m2_a.copy()
+    n = M.chan_merge_into(n_a, a, q, n_b, mean_b, m2_b)
+    for j in range(37):
+        n_j, mu_j, s_j = M.chan_merge(n_a, mean_a[j], m2_a[j], n_b, mean_b[j], m2_b[j])
+        assert n == n_j
+        np.testing.assert_allclose([a[j], q[j]], [mu_j, s_j], rtol=1e-14, atol=0)

@@ -99,7 +99,7 @@ class _BatchNorm(_NormWithRunningStats):
     and sets ``grad_weight``/``grad_bias`` (and ``grad_residual`` after a forward with a
     residual, else None). Only x (by reference) and per-channel statistics
     are kept for backward. Statistics are accumulated in float64 (checked shifted
-    block sums with a two-pass fallback, along contiguous slices or lane-wise over
+    block sums with a two-pass fallback for contiguous input, lane-wise Welford over
     the channels of channels-last and (N, C) input) and merged by Chan's formula, and
     the mean is subtracted as a float32 hi/lo pair, so float32 data far from zero
     (mean 1e4, std 1e-2) normalizes to within 1e-3 of the float64 result.

@@ -6,9 +6,8 @@ Every layer's statistics come from here, accumulated in float64:
   cache-sized block, sums of deviations from the block's first value in one read,
   checked for cancellation, with a two-pass computation (mean first, then the sum of
   squared deviations from it) for the blocks that fail the check.
-* Columns of a (rows, C) array (channels-last and (N, C) input): the same checked shifted
-  sums per block of rows, about the block's first row, one lane per column, reading each
-  row once; a column that fails the check is recomputed two-pass from the block.
+* Columns of a (rows, C) array (channels-last and (N, C) input): lane-wise Welford
+  (1962), one lane per column, which reads each row once.
 * A channel of short planes (BatchNorm's 7x7 and 4x4 stages, parallel over channels): its
   N short slices read twice while in cache, the corrected two-pass algorithm (mean, then
   ``sum(d**2) - sum(d)**2 / n`` with ``d = x - mean``) in float64, with no per-slice
@@ -26,9 +25,9 @@ combined with the pairwise update of Chan, Golub & LeVeque (1979):
 ``E[x^2] - E[x]^2`` is never used: it cancels catastrophically for data far from zero.
 Deviations from a value of the block bound the cancellation by the block size, and
 the check bounds it further (see :func:`_block_moments`).
-A per-element Welford update would be as stable but costs about twice the float64
-arithmetic of shifted sums, which keeps a column pass from streaming at memory speed
-(and along a contiguous slice it is a serial dependency chain that does not vectorize).
+A per-element Welford update along a contiguous slice would be as stable but is a
+serial dependency chain that does not vectorize; across columns each lane is
+independent, so there it vectorizes and saves the second read.
 
 :func:`add_slice_moments` is the slice primitive of a sum (LayerNorm's skip form,
 ``s = x + residual``): it writes each value of ``s`` and takes its shifted sums in the same
@@ -48,7 +47,7 @@ __all__ = [
     "slice_moments",
     "add_slice_moments",
     "merge_range",
-    "cols_shifted_sums",
+    "welford_step",
     "cols_range_moments",
     "rows_moments",
     "strided_moments",
@@ -272,110 +271,81 @@ def merge_range(count, mean, m2, lo, hi):
 
 
 @elementwise_helper
-def cols_shifted_sums(xa, xb, k, s1, s2):
-    """Per column of two (rows, C) blocks taken as one: ``k`` = the first row (of ``xa``, or of
-    ``xb`` when ``xa`` has none) in float64, ``s1 = sum(x - k)`` and ``s2 = sum((x - k)**2)``,
-    one read of each block.
-
-    A sweep takes four rows of each block, so each row of the float64 accumulators is
-    loaded and stored once per eight input rows (the accumulators, not x, would bound the
-    loop otherwise), and the two blocks are two streams for the prefetcher (one stream of
-    narrow rows, C = 64, read slower from memory). Nothing is reduced across columns: the
-    loop vectorizes across them without ``reassoc``.
-    """
-    rows_a = xa.shape[0]
-    rows_b = xb.shape[0]
-    first = xa[0] if rows_a > 0 else xb[0]
-    for c in range(k.size):
-        k[c] = np.float64(first[c])
-        s1[c] = 0.0
-        s2[c] = 0.0
-    r4 = (min(rows_a, rows_b) // 4) * 4
-    for i in range(0, r4, 4):
-        a0, a1, a2, a3 = xa[i], xa[i + 1], xa[i + 2], xa[i + 3]
-        a4, a5, a6, a7 = xb[i], xb[i + 1], xb[i + 2], xb[i + 3]
-        for c in range(k.size):
-            kc = k[c]
-            d0 = np.float64(a0[c]) - kc
-            d1 = np.float64(a1[c]) - kc
-            d2 = np.float64(a2[c]) - kc
-            d3 = np.float64(a3[c]) - kc
-            d4 = np.float64(a4[c]) - kc
-            d5 = np.float64(a5[c]) - kc
-            d6 = np.float64(a6[c]) - kc
-            d7 = np.float64(a7[c]) - kc
-            s1[c] += ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7))
-            s2[c] += ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)) + ((d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7))
-    _cols_shifted_tail(xa, r4, k, s1, s2)
-    _cols_shifted_tail(xb, r4, k, s1, s2)
+def welford_step(x, mean, m2, inv_count):
+    """One Welford update of a running (mean, M2) by ``x``, ``inv_count = 1 / (count after)``."""
+    v = np.float64(x)
+    d = v - mean
+    mean += d * inv_count
+    return mean, m2 + d * (v - mean)
 
 
 @elementwise_helper
-def _cols_shifted_tail(x2, start, k, s1, s2):
-    for i in range(start, x2.shape[0]):
-        row = x2[i]
-        for c in range(k.size):
-            d = np.float64(row[c]) - k[c]
-            s1[c] += d
-            s2[c] += d * d
-
-
-@reduce_helper
-def _checked_moments(s1, s2, n, max_ratio):
-    """(mean offset, M2, ok) from shifted sums of ``n`` values: :func:`_block_moments`' check."""
-    t = s1 / n
-    shift = s1 * t
-    m2 = s2 - shift
-    if shift <= max_ratio * m2 or not np.isfinite(m2):
-        if m2 < 0.0:  # rounding, when M2 is next to nothing; NaN stays NaN
-            m2 = 0.0
-        return t, m2, True
-    return t, m2, False
-
-
-@reduce_helper
-def _two_pass_pair(a, b):
-    """(mean, M2) of the values of 1-D ``a`` (maybe empty) and ``b`` (not empty), two-pass each."""
-    mean_b, m2_b = _two_pass(b)
-    if a.size == 0:
-        return mean_b, m2_b
-    mean_a, m2_a = _two_pass(a)
-    _, mean, m2 = chan_merge(float(a.size), mean_a, m2_a, float(b.size), mean_b, m2_b)
-    return mean, m2
-
-
-@elementwise_helper
-def cols_range_moments(x2, mean, m2, tmp, block_rows, max_ratio):
+def cols_range_moments(x2, mean, m2, tmp):
     """Moments of each column of a (rows, C) array into float64 ``mean``/``m2``; returns the row count.
 
-    The rows' two halves are read side by side in blocks of ``block_rows`` rows (half from
-    each), with shifted sums about a block's first row (:func:`cols_shifted_sums`: one read,
-    vectorized across columns) and :func:`_block_moments`' cancellation check per column: a
-    column whose first value is an outlier (or not finite) is recomputed two-pass over the
-    block, which is still in cache. Blocks are Chan-merged per column
-    (:func:`chan_merge_into`). ``tmp`` is (3, C) float64 scratch.
+    Lane-wise Welford (1962), one lane per column: for the ``k``-th row of a stream
+
+    .. math::
+
+        \\delta = x_k - \\bar x,\\quad \\bar x \\mathrel{+}= \\delta / k,\\quad
+        M_2 \\mathrel{+}= \\delta\\,(x_k - \\bar x),
+
+    all in float64. The ``1 / k`` factor is shared by a row's columns, so the update
+    vectorizes across columns, and each row is read once (a two-pass block would read
+    it again from L2, which is what bounded the column passes). The first and second
+    halves of the rows are two independent streams updated in the same sweep, four
+    rows at a time, so that narrow arrays (C = 64: eight vectors) still have enough
+    independent work to hide the update's latency; the halves are Chan-merged at the
+    end. ``tmp`` is (2, C) float64 scratch for the second stream. Nothing is reduced
+    across columns, so the loop vectorizes without ``reassoc`` and is compiled without
+    it: the update stays exactly as written.
     """
-    rows = x2.shape[0]
+    rows, cols = x2.shape
     mean[:] = 0.0
     m2[:] = 0.0
-    k, s1, s2 = tmp[0], tmp[1], tmp[2]
-    half = rows // 2
-    step = max(block_rows // 2, 1)
-    count = 0.0
-    for j in range(-(-(rows - half) // step)):
-        xa = x2[min(j * step, half):min((j + 1) * step, half)]
-        xb = x2[half + j * step:min(half + (j + 1) * step, rows)]
-        n = float(xa.shape[0] + xb.shape[0])
-        cols_shifted_sums(xa, xb, k, s1, s2)
-        # The block's (mean, M2) per column replace its sums in s1, s2.
-        for c in range(k.size):
-            t, b_m2, ok = _checked_moments(s1[c], s2[c], n, max_ratio)
-            if ok and np.isfinite(k[c]):
-                s1[c], s2[c] = k[c] + t, b_m2
-            else:
-                s1[c], s2[c] = _two_pass_pair(xa[:, c], xb[:, c])
-        count = chan_merge_into(count, mean, m2, n, s1, s2)
-    return count
+    if rows == 0:
+        return 0.0
+    mean_b = tmp[0]
+    m2_b = tmp[1]
+    mean_b[:] = 0.0
+    m2_b[:] = 0.0
+    half = (rows // 8) * 4
+    xa = x2[:half]
+    xb = x2[half:2 * half]
+    for i in range(0, half, 4):
+        a0, a1, a2, a3 = xa[i], xa[i + 1], xa[i + 2], xa[i + 3]
+        b0, b1, b2, b3 = xb[i], xb[i + 1], xb[i + 2], xb[i + 3]
+        f0 = 1.0 / (i + 1)
+        f1 = 1.0 / (i + 2)
+        f2 = 1.0 / (i + 3)
+        f3 = 1.0 / (i + 4)
+        for c in range(cols):
+            mu, q = mean[c], m2[c]
+            nu, p = mean_b[c], m2_b[c]
+            mu, q = welford_step(a0[c], mu, q, f0)
+            nu, p = welford_step(b0[c], nu, p, f0)
+            mu, q = welford_step(a1[c], mu, q, f1)
+            nu, p = welford_step(b1[c], nu, p, f1)
+            mu, q = welford_step(a2[c], mu, q, f2)
+            nu, p = welford_step(b2[c], nu, p, f2)
+            mu, q = welford_step(a3[c], mu, q, f3)
+            nu, p = welford_step(b3[c], nu, p, f3)
+            mean[c], m2[c] = mu, q
+            mean_b[c], m2_b[c] = nu, p
+    # The last rows % 8 rows continue the second stream.
+    for i in range(2 * half, rows):
+        r0 = x2[i]
+        f0 = 1.0 / (i - half + 1)
+        for c in range(cols):
+            mean_b[c], m2_b[c] = welford_step(r0[c], mean_b[c], m2_b[c], f0)
+    n_b = rows - half
+    frac = n_b / rows
+    weight = half * frac
+    for c in range(cols):
+        delta = mean_b[c] - mean[c]
+        mean[c] += delta * frac
+        m2[c] += m2_b[c] + delta * delta * weight
+    return float(rows)
 
 
 @kernel
@@ -426,15 +396,14 @@ def channels_moments(x3, mean, m2):
 
 
 @kernel
-def cols_moments(x3, rows_per_chunk, block_rows, max_ratio, mean, m2, tmp):
+def cols_moments(x3, rows_per_chunk, mean, m2, tmp):
     """Partial column moments of a C-contiguous (B, R, C) array.
 
     Rows of each of the B planes are cut into K chunks of ``rows_per_chunk`` rows;
     ``mean`` and ``m2`` have shape (B, K, C) and receive each chunk's moments (its
     count is the chunk's row count), to be combined with :func:`merge_partials`.
-    ``tmp`` (B*K, 3, C) float64 is each chunk's scratch (allocated aligned by the caller:
-    Numba's own arrays are 32-byte aligned, and these rows are read once per eight input rows);
-    ``block_rows`` and ``max_ratio`` go to :func:`cols_range_moments`.
+    ``tmp`` (B*K, 2, C) float64 is each chunk's scratch (allocated aligned by the caller:
+    Numba's own arrays are 32-byte aligned, and these rows are read once per input row).
     """
     nb, nrows, ncols = x3.shape
     nchunks = mean.shape[1]
@@ -443,7 +412,7 @@ def cols_moments(x3, rows_per_chunk, block_rows, max_ratio, mean, m2, tmp):
         k = item - b * nchunks
         start = k * rows_per_chunk
         stop = min(start + rows_per_chunk, nrows)
-        cols_range_moments(x3[b, start:stop], mean[b, k], m2[b, k], tmp[item], block_rows, max_ratio)
+        cols_range_moments(x3[b, start:stop], mean[b, k], m2[b, k], tmp[item])
 
 
 @kernel
@@ -531,8 +500,8 @@ def column_moments(x3):
     rows_per_chunk, nchunks = _plan_chunks(planes, rows, cols)
     mean = _memory.empty((planes, nchunks, cols), work=x3.size)
     m2 = _memory.empty((planes, nchunks, cols), work=x3.size)
-    tmp = _memory.empty((planes * nchunks, 3, cols), work=x3.size)
-    cols_moments(x3.size, x3, rows_per_chunk, config.COLUMN_BLOCK_ROWS, config.SHIFT_RATIO_MAX, mean, m2, tmp)
+    tmp = _memory.empty((planes * nchunks, 2, cols), work=x3.size)
+    cols_moments(x3.size, x3, rows_per_chunk, mean, m2, tmp)
     if nchunks == 1:
         return float(rows), mean[:, 0], m2[:, 0]
     _, mean, m2 = merge(chunk_counts(rows, rows_per_chunk, nchunks), mean, m2)
