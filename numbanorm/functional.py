@@ -90,7 +90,10 @@ def _params(be, x, shape, **arrays):
     if type(x) is np.ndarray:
         # The common case, checked cheaply: NumPy arrays of the right shape and a float dtype.
         values = list(arrays.values())
-        if all(p is None or (type(p) is np.ndarray and p.shape == shape and p.dtype.char in "fd") for p in values):
+        for p in values:
+            if p is not None and (type(p) is not np.ndarray or p.shape != shape or p.dtype.char not in "fd"):
+                break
+        else:
             return values
     return [_param(be, x, shape, name, p) for name, p in arrays.items()]
 
@@ -288,6 +291,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
             _update_running(be, running_mean, running_var, mean, var, momentum, count)
     else:
         _, rstd = bn.normalize(layout, x3, y.view, running_mean, running_var, 1.0, weight, bias, eps, r3, relu)
+        if not return_stats:
+            return y.result()
         mean = be.arrays.astype(running_mean, np.float64)
     y = y.result()
     return (y, mean, rstd) if return_stats else y

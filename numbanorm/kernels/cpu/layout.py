@@ -51,7 +51,7 @@ def channel_view(x, rows_2d=False):
     n, c = x.shape[:2]
     s = math.prod(x.shape[2:])
     if x.ndim == 2:
-        x2 = np.ascontiguousarray(x)
+        x2 = x if x.flags.c_contiguous else np.ascontiguousarray(x)
         return ("cf", x2.reshape(n, c, 1)) if rows_2d else ("cl", x2.reshape(n, 1, c))
     if x.flags.c_contiguous:
         return "cf", x.reshape(n, c, s)

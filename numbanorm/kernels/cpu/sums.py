@@ -193,6 +193,8 @@ def column_grad_sums(x3, dy3, mean, y3=None, g3=None):
     s_dyx = _memory.empty((planes, nchunks, cols), work=x3.size)
     mean = np.ascontiguousarray(mean, dtype=np.float64)
     cols_grad_sums(x3.size, x3, dy3, mean, rows_per_chunk, s_dy, s_dyx, y3, g3)
+    if nchunks == 1:
+        return s_dy[:, 0], s_dyx[:, 0]
     return s_dy.sum(axis=1), s_dyx.sum(axis=1)
 
 
