@@ -467,10 +467,14 @@ def test_every_peer_reads_the_pool():
     p = bench.make_pool(x, dy, cache=bench.CacheInfo(8 * x.nbytes, "test", True))
     assert len(p) == 32
     copy = bench.copy_runner(p)
+    for k, e in enumerate(p.xs):
+        e[...] = k  # told apart, to see which entry each call copied
+    start = p.take()
     outs = [copy() for _ in range(len(p))]
-    assert len({_extent(o) for o in outs}) == len(p)  # one destination per entry
     assert all(o.ctypes.data % 64 == 0 for o in outs)
-    np.testing.assert_array_equal(outs[5], p.xs[5].ravel())
+    for k, o in enumerate(outs):  # each call copied the next entry
+        assert not np.shares_memory(o, p.xs[(start + 1 + k) % len(p)])
+        np.testing.assert_array_equal(o, p.xs[(start + 1 + k) % len(p)].ravel())
     nb = bench.numbanorm_runner(case, "train_step", p)
     start = p.take()
     nb()

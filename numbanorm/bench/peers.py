@@ -33,6 +33,7 @@ torch, onnx and onnxruntime are imported when a runner needs them, never by
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -641,23 +642,32 @@ def copy_runner(pool):
 
     Copies ``x.size`` elements of ``x.dtype`` with a Numba ``prange`` loop on Numba's
     current thread count (:func:`set_threads`). The source is the entry's own memory
-    (a layer reads x where it is, so the copy pays the same alignment); each entry has
-    its own destination, 64-byte aligned like numbanorm's outputs and touched before
-    timing. The kernel is compiled here, not in a timed call.
+    (a layer reads x where it is, so the copy pays the same alignment). The destination
+    is allocated per call the way numbanorm allocates a layer's output
+    (:func:`numbanorm._memory.empty`, 64-byte aligned: an output of
+    ``config.RECYCLE_MIN_BYTES`` or more reuses the buffer of that size freed last, a
+    smaller one comes from the C allocator, which reuses a freed block as well), so the
+    copy writes into memory in the cache state the layer's output is in; PyTorch's and
+    ONNX Runtime's outputs come from allocators that reuse freed blocks too. (A
+    destination per pool entry, out of cache, would make every write fetch its line from
+    memory first, a cost none of the timed libraries pays.) The kernel is compiled here,
+    not in a timed call.
 
     Returns
     -------
     Runner
         Returning the destination.
     """
+    from .. import _memory
+
     kernel = _copy_kernel()
     # Pool entries are dense, so ravel in memory order is a view of the entry.
     srcs = [x.ravel(order="K") for x in pool.xs]
-    dsts = pool.empty_like_entries()
-    kernel(srcs[0], dsts[0])
+    kernel(srcs[0], _memory.empty(srcs[0].size, srcs[0].dtype, work=math.inf))
 
     def copy(i):
-        kernel(srcs[i], dsts[i])
-        return dsts[i]
+        dst = _memory.empty(srcs[i].size, srcs[i].dtype, work=math.inf)
+        kernel(srcs[i], dst)
+        return dst
 
     return Runner(copy, pool)

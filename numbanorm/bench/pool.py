@@ -13,11 +13,12 @@ sees when its input was just produced and fits in cache.
 
 Memory: a pool holds ``max(2, ceil(POOL_FACTOR * L3 / x.nbytes))`` entries of each
 array it pools (x; dy for a train step; the residual, and ``dsum`` for a step, of a
-fused-epilogue row; the copy's destinations; ONNX Runtime's NCHW copies of a
-channels-last x), capped at :data:`POOL_CAP_BYTES` per array and
+fused-epilogue row; ONNX Runtime's NCHW copies of a channels-last x), capped at :data:`POOL_CAP_BYTES` per array and
 :data:`POOL_MAX_ENTRIES` entries. With a 32 MiB L3 that is 128 MiB per array (six
 entries of 25.7 MB), and for the largest canonical input (64, 128, 56, 56) float32
-two entries of 103 MB, about 620 MB for x, dy and the copy's outputs together.
+two entries of 103 MB, about 410 MB for x and dy together. Outputs are not pooled:
+every timed callable allocates its own, as a user's call does (the copy too, see
+:func:`~numbanorm.bench.peers.copy_runner`).
 Inputs under ``POOL_FACTOR * L3 / POOL_MAX_ENTRIES`` bytes (32 KiB here; no
 canonical row is that small) get a pool below the target; a row says the pool it
 used (``pool_entries``, ``pool_bytes``).
@@ -54,7 +55,7 @@ SYSFS_CACHE_DIR = "/sys/devices/system/cpu/cpu0/cache"
 L3_FALLBACK_BYTES = 32 * 2**20
 #: A pool's inputs total at least this many L3 sizes.
 POOL_FACTOR = 4
-#: The most bytes one pooled array may take (x, dy, the copy's outputs, ORT's inputs).
+#: The most bytes one pooled array may take (x, dy, ORT's inputs).
 POOL_CAP_BYTES = 2**30
 #: The most entries of a pool: each entry is one Python object and one allocation.
 POOL_MAX_ENTRIES = 4096
@@ -212,21 +213,6 @@ class Pool:
         i = self._next
         self._next = i + 1 if i + 1 < len(self.xs) else 0
         return i
-
-    def empty_like_entries(self):
-        """One destination per entry, shaped like the flat memory of x, already touched.
-
-        Destinations are 64-byte aligned as numbanorm's outputs are (``_memory.empty``)
-        and written once here, so no page fault lands in a timed call.
-        """
-        from .. import _memory
-
-        out = []
-        for x in self.xs:
-            d = _memory.empty(x.size, x.dtype, work=math.inf)
-            d[...] = 0
-            out.append(d)
-        return out
 
 
 def _copies(a, n):
