@@ -29,6 +29,8 @@ pool
 peers
     The timed callables: numbanorm (fused and unfused), PyTorch, ONNX Runtime
     (one-node models), the copy.
+floors
+    Traffic floors of the training passes: minimal kernels with a pass's memory traffic.
 timing
     :func:`time_interleaved` (paired, rotated repeats) and :func:`measure` (one row).
 report
@@ -60,6 +62,7 @@ from .cases import (
     tiny_fused_cases,
 )
 from .cli import main
+from .floors import floor_kind, floor_runner
 from .peers import (
     ONNX_OPS,
     PeerUnavailable,
@@ -99,6 +102,8 @@ __all__ = [
     "busy_cpus",
     "canonical_cases",
     "copy_runner",
+    "floor_kind",
+    "floor_runner",
     "format_notes",
     "fused_cases",
     "format_table",

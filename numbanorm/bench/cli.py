@@ -76,6 +76,10 @@ def _parser():
                    "(default 0.1, 0.02 with --quick)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch (columns n/a)")
     p.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime (columns n/a)")
+    p.add_argument("--floor", action="store_true",
+                   help="also time each training pass's traffic floor: a minimal kernel that reads and "
+                   "writes what the pass must, in the same groups (columns floor, floors = numbanorm/floor; "
+                   "see numbanorm.bench.floors)")
     p.add_argument("--stat", choices=STATS, default="paired",
                    help="statistic over the repeats: 'paired' (default) gives median times "
                    "and ratios that are medians of per-repeat ratios; 'median' and 'min' "
@@ -253,7 +257,7 @@ def main(argv=None, *, cases=None, out=None):
             try:
                 row = measure(case, pass_, threads, repeat=repeat, min_time=min_time,
                               torch=not args.no_torch, ort=not args.no_ort, stat=args.stat,
-                              hot=args.hot, cache=cache)
+                              hot=args.hot, cache=cache, floor=args.floor)
             except Exception as exc:  # noqa: BLE001  (a failing row must not hide the rest)
                 row = report.new_row(case, pass_, threads, cache=cache_meta["mode"],
                                      error=f"{type(exc).__name__}: {exc}")
@@ -275,7 +279,9 @@ def main(argv=None, *, cases=None, out=None):
               f"{_cache_line(cache_meta, rows)}\n"
               f"{_STAT_NOTE[args.stat].format(repeat=repeat)}; vs torch = torch/numbanorm, "
               "vs ort = onnxruntime/numbanorm (>1: numbanorm faster; ort: eval forward only); "
-              "copies = numbanorm/copy")
+              "copies = numbanorm/copy"
+              + ("; floors = numbanorm/floor (the pass's traffic alone, training passes)"
+                 if any(r["floor_s"] is not None for r in rows) else ""))
     if any(r["op"] in FUSED_OPS for r in rows):
         header += ("\nfused-epilogue rows (op with add): numbanorm = the fused call, unfused = "
                    "the plain layer then separate NumPy add/ReLU passes (add+Norm: np add then "

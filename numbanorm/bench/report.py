@@ -36,7 +36,9 @@ __all__ = [
 #: :data:`~numbanorm.bench.cases.FUSED_OPS`) ``numbanorm_s`` is the fused call,
 #: ``unfused_s`` the plain layer followed by separate NumPy passes, and ``vs_unfused`` =
 #: unfused / fused (above 1: fusing saves time); both are None on the other rows, and
-#: ONNX Runtime is not timed on fused rows. ``max_abs_diff`` / ``ort_max_abs_diff``:
+#: ONNX Runtime is not timed on fused rows. ``floor_s`` is the traffic floor of the pass
+#: (:mod:`numbanorm.bench.floors`, with ``--floor``; training passes of plain rows) and
+#: ``floors`` = numbanorm / floor. ``max_abs_diff`` / ``ort_max_abs_diff``:
 #: largest difference of numbanorm's y (or dx; every output of a fused row) to
 #: PyTorch's / ONNX Runtime's. ``samples``: per-repeat
 #: seconds per call of each callable. ``notes``: peer -> why it has no time in this
@@ -44,8 +46,8 @@ __all__ = [
 ROW_KEYS = (
     "op", "shape", "layout", "dtype", "pass", "threads", "groups", "nbytes",
     "cache", "pool_entries", "pool_bytes",
-    "numbanorm_s", "unfused_s", "torch_s", "ort_s", "copy_s",
-    "vs_torch", "vs_unfused", "vs_ort", "copies",
+    "numbanorm_s", "unfused_s", "torch_s", "ort_s", "copy_s", "floor_s",
+    "vs_torch", "vs_unfused", "vs_ort", "copies", "floors",
     "max_abs_diff", "ort_max_abs_diff",
     "samples", "notes", "error",
 )
@@ -93,16 +95,21 @@ _VALUE_COLUMNS = (
     ("pytorch", "torch_s", _fmt_time),
     ("ort", "ort_s", _fmt_time),
     ("copy", "copy_s", _fmt_time),
+    ("floor", "floor_s", _fmt_time),
     ("vs torch", "vs_torch", _fmt_ratio),
     ("vs unfused", "vs_unfused", _fmt_ratio),
     ("vs ort", "vs_ort", _fmt_ratio),
     ("copies", "copies", _fmt_ratio),
+    ("floors", "floors", _fmt_ratio),
 )
 _LEFT_COLUMNS = ("op", "shape", "layout", "dtype", "pass")
 #: ONNX Runtime is timed on the eval forward pass of plain rows only: "-" elsewhere.
 _ORT_KEYS = ("ort_s", "vs_ort")
 #: numbanorm unfused is timed on fused-epilogue rows only: "-" elsewhere.
 _UNFUSED_KEYS = ("unfused_s", "vs_unfused")
+#: The traffic floor: training passes of plain rows, and only in runs that measure it
+#: (a table without any shows neither column).
+_FLOOR_KEYS = ("floor_s", "floors")
 
 
 def _not_timed(row, key):
@@ -112,18 +119,26 @@ def _not_timed(row, key):
         return fused or row["pass"] != "eval_forward"
     if key in _UNFUSED_KEYS:
         return not fused
+    if key in _FLOOR_KEYS:
+        return fused or row["pass"] == "eval_forward"
     return False
 
 
-def _row_cells(row, with_threads):
+def _columns(rows):
+    """The value columns of a table of ``rows``: the floor's only where a row has one."""
+    with_floor = any(r.get("floor_s") is not None for r in rows)
+    return [c for c in _VALUE_COLUMNS if with_floor or c[1] not in _FLOOR_KEYS]
+
+
+def _row_cells(row, with_threads, columns):
     op = row["op"] + (f" G={row['groups']}" if row["op"] == "GroupNorm" else "")
     cells = [op, "(" + ", ".join(str(s) for s in row["shape"]) + ")", row["layout"],
              row["dtype"], row["pass"]]
     if with_threads:
         cells.append(str(row["threads"]))
     if row["error"]:
-        return cells + ["error"] + [""] * (len(_VALUE_COLUMNS) - 1)
-    for _, key, fmt in _VALUE_COLUMNS:
+        return cells + ["error"] + [""] * (len(columns) - 1)
+    for _, key, fmt in columns:
         if _not_timed(row, key):
             cells.append("-")
         else:
@@ -136,12 +151,15 @@ def format_table(rows):
 
     A failed row shows "error"; "n/a" is a value that could not be measured (see
     :func:`format_notes`); "-" is a callable not timed on that row by design: ONNX
-    Runtime on a training pass or a fused row, numbanorm unfused on a plain row.
+    Runtime on a training pass or a fused row, numbanorm unfused on a plain row, the
+    floor on an eval pass or a fused row. The floor's columns appear only when a row has
+    one (``--floor``).
     """
     with_threads = len({r["threads"] for r in rows}) > 1
+    columns = _columns(rows)
     header = list(_LEFT_COLUMNS) + (["threads"] if with_threads else [])
-    header += [name for name, _, _ in _VALUE_COLUMNS]
-    body = [_row_cells(r, with_threads) for r in rows]
+    header += [name for name, _, _ in columns]
+    body = [_row_cells(r, with_threads, columns) for r in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=True)]
     n_left = len(_LEFT_COLUMNS)
     lines = []

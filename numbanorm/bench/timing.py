@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from . import peers
+from . import floors, peers
 from .cases import PASSES, make_epilogue_input, make_input
 from .pool import make_pool
 from .report import new_row
@@ -165,7 +165,7 @@ def _ratio(stat, pick, num, den):
 
 def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1, torch=True,
             ort=True, copy=True, unfused=True, check=True, data=None, stat="paired", hot=False,
-            cache=None):
+            cache=None, floor=False):
     """Measure one row: numbanorm and its peers, interleaved, on ``threads`` threads.
 
     Parameters
@@ -195,6 +195,9 @@ def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1, torch=
         Every call reads the same input (default: a pool of at least 4 x L3).
     cache : CacheInfo, optional
         The L3 to size the pool against (default read from sysfs).
+    floor : bool
+        Time the pass's traffic floor too (:func:`~numbanorm.bench.floors.floor_runner`;
+        training passes of plain rows): ``floor_s`` and ``floors`` = numbanorm / floor.
 
     Returns
     -------
@@ -244,6 +247,8 @@ def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1, torch=
             notes["ort"] = "not measured (switched off)"
     if copy:
         runners["copy"] = peers.copy_runner(pool)
+    if floor:
+        runners["floor"] = floors.floor_runner(case, pass_, pool)  # None where the pass has none
     result = time_interleaved(runners, repeat=repeat, min_time=min_time, warmup=warmup)
     pick = "median" if stat == "paired" else stat
     ours = result["numbanorm"]
@@ -262,6 +267,9 @@ def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1, torch=
     if "copy" in result:
         row["copy_s"] = result["copy"][pick]
         row["copies"] = _ratio(stat, pick, ours, result["copy"])
+    if "floor" in result:
+        row["floor_s"] = result["floor"][pick]
+        row["floors"] = _ratio(stat, pick, ours, result["floor"])
     if check:
         got = runners["numbanorm"].at(0)
         if "torch" in runners:
