@@ -79,23 +79,12 @@ def chan_merge_into(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     """:func:`chan_merge` of every entry of (M,) ``mean_b``/``m2_b`` (``n_b`` values each)
     into ``mean_a``/``m2_a`` (``n_a`` each), in place; returns the merged count.
 
-    The counts are shared by the entries, so the division is made once and the loop
-    over entries vectorizes; each entry gets :func:`chan_merge`'s arithmetic.
+    One call per pair of counts instead of one per entry: the compiled loop hoists
+    :func:`chan_merge`'s count tests and division out of the entries and vectorizes.
     """
-    if n_b == 0:
-        return n_a
-    if n_a == 0:
-        mean_a[:] = mean_b
-        m2_a[:] = m2_b
-        return n_b
-    n = n_a + n_b
-    frac = n_b / n
-    weight = n_a * frac
     for j in range(mean_a.size):
-        delta = mean_b[j] - mean_a[j]
-        mean_a[j] = mean_a[j] + delta * frac
-        m2_a[j] = m2_a[j] + m2_b[j] + delta * delta * weight
-    return n
+        _, mean_a[j], m2_a[j] = chan_merge(n_a, mean_a[j], m2_a[j], n_b, mean_b[j], m2_b[j])
+    return n_a + n_b
 
 
 @reduce_helper
