@@ -306,7 +306,7 @@ def floor_runner(case, pass_, pool):
         def apply(x2, g2, y2):
             k["columns_sums"](x2, g2, part)
             s = part.sum(axis=0)
-            a = (1 / (s[0] + 1000)).astype(x2.dtype)  # the statistics, off the timed traffic's path
+            a = (1 / (s[0] + 1000)).astype(x2.dtype)  # (C,) statistics: small beside the passes
             k["columns_apply"](x2, g2, y2, a, (s[1] * a).astype(x2.dtype) if g2 is not None else a)
 
         def forward(i):
