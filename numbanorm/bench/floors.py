@@ -11,9 +11,10 @@ kernel with the same traffic reaches on the same machine.
 Each probe here reads and writes what the pass must, in the same order and with the
 same groups, and computes as little as it can: one float sum (two for backward) in x's
 dtype, then ``y = x * a + b`` (``dx = dy * a - x * b + a``), compiled with
-``fastmath=True``. It is not a normalization (no float64 accumulation, no stability
-work, no parameters): ``numbanorm / floor`` is what numbanorm's arithmetic costs over
-the traffic, and ``floor / copy`` what the traffic costs over one read and one write.
+``config.FASTMATH_REDUCE`` (``reassoc`` lets the sums vectorize; no ``nnan``/``ninf``).
+It is not a normalization (no float64 accumulation, no stability work, no parameters):
+``numbanorm / floor`` is what numbanorm's arithmetic costs over the traffic, and
+``floor / copy`` what the traffic costs over one read and one write.
 
 Probes:
 
@@ -37,6 +38,7 @@ import math
 
 import numpy as np
 
+from .. import config
 from .._memory import empty
 
 __all__ = ["floor_kind", "floor_runner"]
@@ -52,7 +54,7 @@ def _kernels():
     import numba
     from numba import prange
 
-    jit = numba.njit(parallel=True, fastmath=True, cache=True)
+    jit = numba.njit(parallel=True, fastmath=set(config.FASTMATH_REDUCE), cache=config.CACHE)
 
     @jit
     def channel_forward(x3, y3, const):

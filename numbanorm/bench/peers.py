@@ -628,7 +628,9 @@ def _copy_kernel():
     if _COPY_KERNEL is None:
         import numba
 
-        @numba.njit(parallel=True, cache=True)
+        from .. import config
+
+        @numba.njit(parallel=True, cache=config.CACHE)
         def parallel_copy(x, y):
             for i in numba.prange(x.size):
                 y[i] = x[i]
