@@ -475,6 +475,12 @@ def test_every_peer_reads_the_pool():
     for k, o in enumerate(outs):  # each call copied the next entry
         assert not np.shares_memory(o, p.xs[(start + 1 + k) % len(p)])
         np.testing.assert_array_equal(o, p.xs[(start + 1 + k) % len(p)].ravel())
+    # The copy's loop adds -0.0 (so that it stays a vector loop, not memcpy): bit for bit.
+    special = np.array([-0.0, 0.0, np.inf, -np.inf, np.nan, 1e-45, -3.5], np.float32)
+    for e in p.xs:
+        e.ravel()[:special.size] = special
+    got = copy()
+    assert got[:special.size].tobytes() == special.tobytes()
     nb = bench.numbanorm_runner(case, "train_step", p)
     start = p.take()
     nb()
