@@ -172,10 +172,11 @@ def path(request, monkeypatch):
     moment blocks and column chunks."""
     if request.param in ("parallel-planes", "parallel-split"):
         monkeypatch.setattr(config, "SMALL_PLANE", 1)
-    if request.param == "serial":
-        monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 1 << 40)
-    elif request.param != "default":
-        monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 0)
+    for name in ("PARALLEL_MIN_ELEMENTS", "ROWS_PARALLEL_MIN_ELEMENTS"):
+        if request.param == "serial":
+            monkeypatch.setattr(config, name, 1 << 40)
+        elif request.param != "default":
+            monkeypatch.setattr(config, name, 0)
     if request.param == "parallel-split":
         monkeypatch.setattr(config, "FUSED_CHANNEL_BYTES", 0)
         monkeypatch.setattr(config, "BLOCK_ELEMENTS", 16)

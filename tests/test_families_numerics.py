@@ -164,6 +164,7 @@ def test_odd_sizes(rng, be, fam, case, dtypes):
 def parallel_kernels(monkeypatch):
     """Parallel kernels on small inputs, blocks of 16 elements: every thread gets work."""
     monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(config, "ROWS_PARALLEL_MIN_ELEMENTS", 0)
     monkeypatch.setattr(config, "BLOCK_ELEMENTS", 16)
     monkeypatch.setattr(config, "COLUMN_BLOCK_ELEMENTS", 16)
     threads = numba.get_num_threads()

@@ -12,10 +12,8 @@ from numbanorm.distributed import LocalCommunicator
 
 @pytest.fixture(params=["serial", "parallel", "parallel-small-blocks"])
 def path(request, monkeypatch):
-    if request.param == "serial":
-        monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 1 << 40)
-    else:
-        monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 0)
+    for name in ("PARALLEL_MIN_ELEMENTS", "ROWS_PARALLEL_MIN_ELEMENTS"):
+        monkeypatch.setattr(config, name, 1 << 40 if request.param == "serial" else 0)
     if request.param == "parallel-small-blocks":
         monkeypatch.setattr(config, "BLOCK_ELEMENTS", 16)
         monkeypatch.setattr(config, "COLUMN_BLOCK_ELEMENTS", 16)
@@ -138,3 +136,20 @@ def test_batch_norm_short_planes_in_parallel_hard_inputs(monkeypatch, dtype):
     np.testing.assert_array_equal(rstd2, rstd)
     dx2, dw2, db2 = F.batch_norm_backward(dy, x, mean2, rstd2, w, b, comm=LocalCommunicator())
     np.testing.assert_allclose(dx2, dx, rtol=1e-12, atol=1e-12 if dtype == np.float64 else 1e-6)
+
+
+def test_row_passes_have_their_own_parallel_threshold(monkeypatch):
+    """LayerNorm/RMSNorm row kernels go parallel from ROWS_PARALLEL_MIN_ELEMENTS, every other
+    kernel from PARALLEL_MIN_ELEMENTS; a threshold that config lacks fails when compiled."""
+    from numbanorm.kernels.cpu import _jit, elementwise, layernorm
+
+    monkeypatch.setattr(config, "PARALLEL", True)
+    monkeypatch.setattr(config, "ROWS_PARALLEL_MIN_ELEMENTS", 100)
+    monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 1000)
+    for k in (layernorm.rows_forward, layernorm.rows_backward):
+        assert k.runs_parallel(100) and not k.runs_parallel(99)
+    assert elementwise.normalize_rows.runs_parallel(1000) and not elementwise.normalize_rows.runs_parallel(999)
+    monkeypatch.setattr(config, "PARALLEL", False)
+    assert not layernorm.rows_forward.runs_parallel(1 << 40)
+    with pytest.raises(AttributeError):
+        _jit.Kernel(lambda x: x, threshold="NO_SUCH_THRESHOLD")

@@ -41,22 +41,29 @@ class Kernel:
     """A kernel compiled twice from one Python function: serial and ``parallel=True``.
 
     Calling it picks the parallel build when ``config.PARALLEL`` is on and the work
-    (``size`` elements, the first argument) reaches ``config.PARALLEL_MIN_ELEMENTS``:
+    (``size`` elements, the first argument) reaches the threshold named by ``threshold``
+    (an attribute of :mod:`numbanorm.config`, ``PARALLEL_MIN_ELEMENTS`` by default):
     below that, starting the thread pool costs more than it saves. The body uses
     ``prange`` for its outer loop, which is a plain ``range`` in the serial build.
     """
 
-    def __init__(self, func):
+    def __init__(self, func, threshold="PARALLEL_MIN_ELEMENTS"):
         flags = set(config.FASTMATH_ELEMENTWISE)
         opts = dict(fastmath=flags, cache=config.CACHE, nogil=True)
+        getattr(config, threshold)  # a misspelt name fails here, not on a first call
+        self.threshold = threshold
         self.py_func = func
         self.serial = _register(numba.njit(**opts)(func), flags)
         self.parallel = _register(numba.njit(parallel=True, **opts)(_renamed(func, "parallel")), flags)
         self.__name__ = func.__name__
         self.__doc__ = func.__doc__
 
+    def runs_parallel(self, size):
+        """Whether a call with ``size`` elements of work takes the parallel build."""
+        return config.PARALLEL and size >= getattr(config, self.threshold)
+
     def __call__(self, size, *args):
-        if config.PARALLEL and size >= config.PARALLEL_MIN_ELEMENTS:
+        if self.runs_parallel(size):
             return self.parallel(*args)
         return self.serial(*args)
 
@@ -78,9 +85,12 @@ def _renamed(func, suffix):
     return new
 
 
-def kernel(func):
-    """Decorator: compile ``func`` as a :class:`Kernel` (serial + parallel builds)."""
-    return Kernel(func)
+def kernel(func=None, *, threshold="PARALLEL_MIN_ELEMENTS"):
+    """Decorator: compile ``func`` as a :class:`Kernel` (serial + parallel builds), used bare
+    or as ``@kernel(threshold="ROWS_PARALLEL_MIN_ELEMENTS")``."""
+    if func is None:
+        return lambda f: Kernel(f, threshold)
+    return Kernel(func, threshold)
 
 
 def all_dispatchers():

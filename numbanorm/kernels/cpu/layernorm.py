@@ -26,7 +26,7 @@ from .sums import slice_weighted_grad_sums
 __all__ = ["rows_forward", "rows_backward", "forward", "backward"]
 
 
-@kernel
+@kernel(threshold="ROWS_PARALLEL_MIN_ELEMENTS")
 def rows_forward(x2, y2, weight, bias, eps, block, max_ratio, center, stats, r2, s2):
     """Normalize each row; store its float64 mean and rstd in ``stats`` (2, R).
 
@@ -52,7 +52,7 @@ def rows_forward(x2, y2, weight, bias, eps, block, max_ratio, center, stats, r2,
             normalize_slice_affine(s2[r], y2[r], hi, inv_x, shift_x, weight, bias)
 
 
-@kernel
+@kernel(threshold="ROWS_PARALLEL_MIN_ELEMENTS")
 def rows_backward(x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dweight, dbias, dsum2):
     """dx of each row, and per-chunk partial dweight/dbias rows (K, D) in float64; with
     ``dsum2`` (not None) added to dx in the same loop."""
@@ -98,7 +98,7 @@ def backward(x2, dy2, dx2, mean, rstd, weight, center, dsum2=None):
     if n_rows == 0:
         return np.zeros(width), np.zeros(width)
     w = param(weight, width, 1.0, np.float64, x2.size)  # float64: the dx bracket runs in float64
-    items = numba.get_num_threads() if x2.size >= config.PARALLEL_MIN_ELEMENTS else 1
+    items = numba.get_num_threads() if rows_backward.runs_parallel(x2.size) else 1
     rows_per_chunk = -(-n_rows // max(1, min(items, n_rows)))
     nchunks = -(-n_rows // rows_per_chunk)
     dweight = _memory.empty((nchunks, width), work=x2.size)
