@@ -419,8 +419,13 @@ def normalized_shape_tuple(normalized_shape):
 def _rows_input(x, normalized_shape, name="input"):
     """Check x against normalized_shape; return (backend, x, shape, stat_shape)."""
     be, x = _input(x, name)
-    shape = (normalized_shape,) if type(normalized_shape) is int and normalized_shape > 0 else \
-        normalized_shape_tuple(normalized_shape)
+    if type(normalized_shape) is int and normalized_shape > 0:  # the common cases, checked cheaply
+        shape = (normalized_shape,)
+    elif type(normalized_shape) is tuple and len(normalized_shape) == 1 and type(normalized_shape[0]) is int \
+            and normalized_shape[0] > 0:
+        shape = normalized_shape
+    else:
+        shape = normalized_shape_tuple(normalized_shape)
     k = len(shape)
     if x.ndim < k or tuple(x.shape[x.ndim - k:]) != shape:
         raise ValueError(f"expected {name} with trailing dimensions {list(shape)} (normalized_shape), "
@@ -432,8 +437,7 @@ def _rows_forward(x, normalized_shape, weight, bias, eps, out, center, residual,
     """LayerNorm/RMSNorm forward and its result: y, (y, s) with a residual, and the
     statistics after them with ``return_stats``."""
     be, x, shape, stat_shape = _rows_input(x, normalized_shape)
-    weight = _param(be, x, shape, "weight", weight)
-    bias = _param(be, x, shape, "bias", bias)
+    weight, bias = _params(be, x, shape, weight=weight, bias=bias)
     eps = v.check_eps(float(np.finfo(x.dtype).eps) if eps is None and not center else eps)
     residual = _residual(be, x, residual)
     v.check_out(out, x, residual)
