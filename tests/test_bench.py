@@ -313,6 +313,35 @@ def test_canonical_cases_are_the_spec_rows():
     assert all(c.shape != (64, 128, 56, 56) for c in bench.quick_cases())
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6])
+def test_carryover_orders_balance_positions_and_predecessors(n):
+    from numbanorm.bench.timing import carryover_orders
+
+    orders = carryover_orders(n)
+    assert len(orders) == (n if n % 2 == 0 else 2 * n)
+    assert all(sorted(o) == list(range(n)) for o in orders)
+    reps = len(orders) // n
+    for pos in range(n):  # every callable in every position equally often
+        assert sorted(o[pos] for o in orders) == sorted(list(range(n)) * reps)
+    pairs = [(o[i - 1], o[i]) for o in orders for i in range(1, n)]
+    expected = sorted((a, b) for a in range(n) for b in range(n) if a != b) * reps
+    assert sorted(pairs) == sorted(expected)  # every callable follows every other equally often
+
+
+def test_time_interleaved_runs_the_carryover_orders():
+    from numbanorm.bench.timing import carryover_orders
+
+    seen = []
+    names = ["numbanorm", "torch", "ort", "copy"]
+    runners = {name: (lambda name=name: seen.append(name)) for name in names}
+    bench.time_interleaved(runners, repeat=5, min_time=0.0, warmup=0, settle=0)
+    timed = seen[len(names):]  # after the calibration call of each (one call per block here)
+    expected = [names[i] for rep in range(5) for i in carryover_orders(4)[rep % 4]]
+    assert timed == expected
+    copy_after = {timed[i - 1] for i in range(1, len(timed)) if timed[i] == "copy"}
+    assert copy_after == {"numbanorm", "torch", "ort"}  # a rotation kept it behind ort alone
+
+
 def test_time_interleaved_and_format_table():
     calls = {"a": 0, "b": 0}
 

@@ -32,7 +32,8 @@ peers
 floors
     Traffic floors of the training passes: minimal kernels with a pass's memory traffic.
 timing
-    :func:`time_interleaved` (paired, rotated repeats) and :func:`measure` (one row).
+    :func:`time_interleaved` (paired repeats in the orders of :func:`carryover_orders`) and
+    :func:`measure` (one row).
 report
     The row schema (:data:`ROW_KEYS`, :func:`new_row`), the table, JSON and plot.
 probes
@@ -83,7 +84,7 @@ from .peers import (
 from .pool import CacheInfo, Pool, last_level_cache, make_pool, pool_entries
 from .probes import busy_cpus, peak_extra_bytes, reset_peak_rss
 from .report import ROW_KEYS, format_notes, format_table, machine_info, new_row, write_plot
-from .timing import STATS, measure, time_interleaved, wait_quiet
+from .timing import STATS, carryover_orders, measure, time_interleaved, wait_quiet
 
 __all__ = [
     "DTYPES",
@@ -130,6 +131,7 @@ __all__ = [
     "scaling_cases",
     "set_threads",
     "time_interleaved",
+    "carryover_orders",
     "tiny_cases",
     "tiny_fused_cases",
     "torch_runner",

@@ -1,9 +1,9 @@
-"""Timing: interleaved, rotated repeats of several callables, and one benchmark row.
+"""Timing: interleaved repeats of several callables, and one benchmark row.
 
 Each time is a statistic over repeats of the mean time of a calibrated number of
 calls (``timeit`` style, after warm-up calls that also compile). The callables of a
 row are timed interleaved, repeat by repeat, so that drift of a noisy machine hits
-them alike, and the order is rotated every repeat. With ``stat="paired"`` (the
+them alike, and the order changes every repeat (:func:`carryover_orders`). With ``stat="paired"`` (the
 default) a ratio is the median of the per-repeat ratios: the callables of one repeat
 run back to back, so a burst of load that lasts a repeat or two scales a ratio's
 numerator and denominator alike instead of moving one median. ``"median"`` and
@@ -26,7 +26,7 @@ from .cases import PASSES, make_epilogue_input, make_input
 from .pool import make_pool
 from .report import new_row
 
-__all__ = ["STATS", "measure", "time_interleaved", "wait_quiet"]
+__all__ = ["STATS", "carryover_orders", "measure", "time_interleaved", "wait_quiet"]
 
 #: Statistics over the repeats that :func:`measure` knows.
 STATS = ("paired", "median", "min")
@@ -57,6 +57,37 @@ def wait_quiet(least=0.003, most=0.05, step=0.001, busy=0.1):
     return False
 
 
+def carryover_orders(n):
+    """Orders of ``n`` callables, one per repeat, balanced for position and predecessor.
+
+    A callable's time depends on which one ran just before it (another library's threads
+    still spinning, the memory it just freed, the allocator state it left), so a plain
+    rotation, which keeps every callable behind the same one, would charge one callable
+    for another's after-effects in every repeat. These are the rows of a Williams
+    design (E. J. Williams, "Experimental designs balanced for the estimation of residual
+    effects of treatments", Aust. J. Sci. Res. A 2, 1949): ``n`` rows for even ``n``, ``2 n``
+    (the rows and their mirrors) for odd ``n``, in which every callable takes every position
+    equally often and follows every other callable equally often.
+
+    Returns
+    -------
+    list of list of int
+    """
+    first = [0]
+    lo, hi = 1, n - 1
+    while len(first) < n:
+        if len(first) % 2:
+            first.append(lo)
+            lo += 1
+        else:
+            first.append(hi)
+            hi -= 1
+    rows = [[(v + r) % n for v in first] for r in range(n)]
+    if n % 2:
+        rows += [row[::-1] for row in rows]
+    return rows
+
+
 def time_interleaved(runners, repeat=7, min_time=0.05, warmup=1, settle=0.003):
     """Seconds per call of each callable in ``runners`` (name -> callable or None).
 
@@ -65,7 +96,8 @@ def time_interleaved(runners, repeat=7, min_time=0.05, warmup=1, settle=0.003):
     runners : dict
         Name -> no-argument callable; None values are left out.
     repeat : int
-        Rounds; each times every callable once, the order rotated each round.
+        Rounds; each times every callable once, in the next order of
+        :func:`carryover_orders` (so that no callable always follows the same one).
     min_time : float
         Seconds one repeat of one callable should last; the calls per repeat are
         calibrated from one call after the warm-up.
@@ -97,12 +129,9 @@ def time_interleaved(runners, repeat=7, min_time=0.05, warmup=1, settle=0.003):
     gc.disable()
     try:
         names = list(runners)
+        orders = carryover_orders(len(names))
         for rep in range(max(repeat, 1)):
-            # Rotate the order every repeat: a callable's time depends on which one ran
-            # just before it (another library's threads still spinning, the allocator
-            # state it left), so each gets every position in turn.
-            shift = rep % len(names)
-            for name in names[shift:] + names[:shift]:
+            for name in (names[i] for i in orders[rep % len(orders)]):
                 fn = runners[name]
                 n = numbers[name]
                 if settle > 0:
