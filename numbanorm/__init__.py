@@ -3,8 +3,8 @@
 BatchNorm1d/2d/3d, LayerNorm, RMSNorm, GroupNorm and InstanceNorm1d/2d/3d with forward,
 backward, running statistics, and BatchNorm folding for inference (:mod:`numbanorm.fuse`);
 SyncBatchNorm across processes (:mod:`numbanorm.distributed`, MPI or torch.distributed).
-Semantics match PyTorch; statistics are numerically stable (float64 block sums
-checked for cancellation, with a two-pass fallback, or lane-wise Welford, merged with
+Semantics match PyTorch; statistics are numerically stable (float64 shifted sums
+checked for cancellation, with a two-pass or lane-wise Welford fallback, merged with
 Chan's formula) and the kernels are compiled with Numba.
 """
 

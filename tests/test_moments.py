@@ -145,12 +145,17 @@ def test_nan_propagates_only_to_its_slice():
 
 @pytest.mark.parametrize("rows", [0, 1, 3, 7, 8, 9, 15, 16, 17, 1023])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cols_range_moments_every_row_count(rows, dtype):
-    # two Welford streams of rows // 8 * 4 rows each plus a tail: every split is exercised
+@pytest.mark.parametrize("fallback", [False, True])
+def test_cols_range_moments_every_row_count(rows, dtype, fallback):
+    # shifted sums over eight segments of rows // 8 rows plus a tail, and the Welford
+    # fallback (two streams of rows // 8 * 4 rows plus a tail): every split is exercised
     rng = np.random.default_rng(rows)
     x = (rng.standard_normal((rows, 5)) * 3 + 5).astype(dtype)
     mean, m2, tmp = np.empty(5), np.empty(5), np.empty((2, 5))
-    count = M.cols_range_moments(x, mean, m2, tmp)
+    if fallback:
+        count = M.cols_welford(x, mean, m2, tmp)
+    else:
+        count = M.cols_range_moments(x, mean, m2, tmp, 1024.0)
     assert count == rows
     x64 = x.astype(np.float64)
     if rows == 0:
@@ -158,6 +163,40 @@ def test_cols_range_moments_every_row_count(rows, dtype):
         return
     np.testing.assert_allclose(mean, x64.mean(axis=0), rtol=1e-13)
     np.testing.assert_allclose(m2, ((x64 - x64.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 8, 9, 17, 1023])
+def test_cols_shifted_sums_every_row_count(rows):
+    rng = np.random.default_rng(rows)
+    x = (rng.standard_normal((rows, 6)) * 3 + 5).astype(np.float32)
+    k = rng.standard_normal(6)
+    s1, s2 = np.full(6, 7.0), np.full(6, 7.0)  # overwritten, not added to
+    M.cols_shifted_sums(x, k, s1, s2)
+    d = x.astype(np.float64) - k
+    np.testing.assert_allclose(s1, d.sum(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(s2, (d * d).sum(axis=0), rtol=1e-12)
+
+
+def test_cols_range_moments_falls_back_to_welford():
+    """A first row far out (cancellation ratio above max_ratio) or not finite: the range is
+    computed by lane-wise Welford instead, and a ratio under the bound is not."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((300, 4)) + 3.0
+    x[0, 2] = 1e9  # r = n (mean - x0)**2 / M2 is about 300 / 1 here, over a max_ratio of 10
+    mean, m2, tmp = np.empty(4), np.empty(4), np.empty((2, 4))
+    w_mean, w_m2 = np.empty(4), np.empty(4)
+    M.cols_welford(x, w_mean, w_m2, np.empty((2, 4)))
+    M.cols_range_moments(x, mean, m2, tmp, 10.0)
+    np.testing.assert_array_equal(mean, w_mean)
+    np.testing.assert_array_equal(m2, w_m2)
+    M.cols_range_moments(x, mean, m2, tmp, 1024.0)  # under the bound: shifted sums, losing a few bits
+    np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(m2, ((x - x.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-9)
+    x[0, 1] = np.nan  # a non-finite first value: Welford too; the NaN column stays NaN
+    M.cols_welford(x, w_mean, w_m2, np.empty((2, 4)))
+    M.cols_range_moments(x, mean, m2, tmp, 1024.0)
+    np.testing.assert_array_equal(mean, w_mean)
+    assert np.isnan(mean[1]) and np.isnan(m2[1]) and np.all(np.isfinite(mean[[0, 2, 3]]))
 
 
 
@@ -176,11 +215,11 @@ def test_cols_block_grad_sums_every_row_count(rows, dtype):
     np.testing.assert_allclose(s_dyx, -0.25 + (dy64 * (x64 - mean)).sum(axis=0), rtol=1e-12, atol=1e-12)
 
 def test_cols_range_moments_far_from_zero_float32():
-    # mean 1e4, std 1e-2 in float32, 3000 rows: Welford in float64 keeps every digit that matters
+    # mean 1e4, std 1e-2 in float32, 3000 rows: shifted float64 sums keep every digit that matters
     rng = np.random.default_rng(5)
     x = (1e4 + 1e-2 * rng.standard_normal((3001, 64))).astype(np.float32)
     mean, m2 = np.empty(64), np.empty(64)
-    M.cols_range_moments(x, mean, m2, np.empty((2, 64)))
+    M.cols_range_moments(x, mean, m2, np.empty((2, 64)), 1024.0)
     x64 = x.astype(np.float64)
     ref_mean = x64.mean(axis=0)
     np.testing.assert_allclose(mean, ref_mean, rtol=1e-14)

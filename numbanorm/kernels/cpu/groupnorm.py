@@ -203,10 +203,11 @@ def normalize_groups(layout, x3, y3, mean, rstd, weight, bias, residual=None, re
 
 
 @kernel
-def planes_forward(x3, y3, groups, weight, bias, eps, planes_per_item, mean, var, rstd, params, cols, r3, relu):
+def planes_forward(x3, y3, groups, weight, bias, eps, max_ratio, planes_per_item, mean, var, rstd, params, cols, r3,
+                   relu):
     """Fused GroupNorm of channels-last (N, S, C) planes, parallel over runs of samples.
 
-    Per plane: column moments (lane-wise Welford), Chan-merged over each group's
+    Per plane: column moments (:func:`~numbanorm.kernels.cpu.moments.cols_range_moments`), Chan-merged over each group's
     channels, then plane n is normalized with per-channel (hi, scale, shift)
     rows ``params[:, n]`` of ``params`` (3, N, C), in x's dtype, with the epilogue (``relu``
     not None: ``+ r3`` unless None, then ReLU when ``relu``). ``weight`` and ``bias`` are float64 (C,);
@@ -219,7 +220,7 @@ def planes_forward(x3, y3, groups, weight, bias, eps, planes_per_item, mean, var
         col = cols[item]
         for n in range(item * planes_per_item, min((item + 1) * planes_per_item, n_planes)):
             xp = x3[n]
-            count = cols_range_moments(xp, col[0], col[1], col[2:])
+            count = cols_range_moments(xp, col[0], col[1], col[2:], max_ratio)
             for g in range(groups):
                 total, mu, m2 = merge_range(count, col[0], col[1], g * per_group, (g + 1) * per_group)
                 v = m2 / total
@@ -330,8 +331,8 @@ def forward(layout, x3, y3, groups, weight, bias, eps, residual=None, relu=False
         params = _memory.empty((3, n, c), x3.dtype, work=x3.size)
         per_item = _planes_per_item(n)
         cols = _memory.empty((-(-n // per_item), 4, c), work=x3.size)
-        planes_forward(x3.size, x3, y3, groups, w, b, eps, per_item, mean, var, rstd, params, cols, residual,
-                       epilogue_flag(residual, relu))
+        planes_forward(x3.size, x3, y3, groups, w, b, eps, config.SHIFT_RATIO_MAX, per_item, mean, var, rstd, params,
+                       cols, residual, epilogue_flag(residual, relu))
         return float(s * (c // groups)), mean, var, rstd
     count, mean, var = group_moments(layout, x3, groups)
     rstd = 1.0 / np.sqrt(var + eps)
