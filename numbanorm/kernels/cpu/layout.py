@@ -66,6 +66,8 @@ def channel_view(x, rows_2d=False):
 
 def rows_view(x, width):
     """``("cf", (R, width))``: x's trailing ``width`` values as rows, copied only when x is not C-contiguous."""
+    if x.ndim == 2 and x.shape[1] == width and x.flags.c_contiguous:
+        return "cf", x  # already the rows: no view to make
     return "cf", np.ascontiguousarray(x).reshape(-1, width)
 
 
@@ -84,7 +86,7 @@ def new_output(layout, x3, shape, dtype=None):
 
 def _unview(layout, out3, shape):
     if layout == "cf" or len(shape) == 2:
-        return out3.reshape(shape)
+        return out3 if out3.shape == shape else out3.reshape(shape)
     n, c = shape[:2]
     return _channels_first(out3.reshape((n,) + tuple(shape[2:]) + (c,)))
 
