@@ -647,8 +647,9 @@ def copy_runner(pool):
     """A same-size parallel copy of each pool entry of x: the floor of a pass.
 
     Copies ``x.size`` elements of ``x.dtype`` with a vectorized Numba ``prange`` loop on
-    Numba's current thread count (:func:`set_threads`), not ``memcpy``. The source is the entry's own memory
-    (a layer reads x where it is, so the copy pays the same alignment). The destination
+    Numba's current thread count (:func:`set_threads`), not ``memcpy``. The source is the
+    entry's own memory (a layer reads x where it is, so the copy pays the same alignment).
+    The destination
     is allocated per call the way numbanorm allocates a layer's output
     (:func:`numbanorm._memory.empty`, 64-byte aligned: an output of
     ``config.RECYCLE_MIN_BYTES`` or more reuses the buffer of that size freed last, a
@@ -669,12 +670,12 @@ def copy_runner(pool):
     kernel = _copy_kernel()
     # Pool entries are dense, so ravel in memory order is a view of the entry.
     srcs = [x.ravel(order="K") for x in pool.xs]
-    zero = [x.dtype.type(-0.0) for x in srcs]
-    kernel(srcs[0], _memory.empty(srcs[0].size, srcs[0].dtype, work=math.inf), zero[0])
+    zero = srcs[0].dtype.type(-0.0)  # every entry has x's dtype
+    kernel(srcs[0], _memory.empty(srcs[0].size, srcs[0].dtype, work=math.inf), zero)
 
     def copy(i):
         dst = _memory.empty(srcs[i].size, srcs[i].dtype, work=math.inf)
-        kernel(srcs[i], dst, zero[i])
+        kernel(srcs[i], dst, zero)
         return dst
 
     return Runner(copy, pool)
