@@ -647,11 +647,10 @@ def copy_runner(pool):
     """A same-size parallel copy of each pool entry of x: the floor of a pass.
 
     Copies ``x.size`` elements of ``x.dtype`` with a vectorized Numba ``prange`` loop on
-    Numba's current thread count (:func:`set_threads`), not ``memcpy``. The source is the
-    entry's own memory (a layer reads x where it is, so the copy pays the same alignment).
-    The destination
-    is allocated per call the way numbanorm allocates a layer's output
-    (:func:`numbanorm._memory.empty`, 64-byte aligned: an output of
+    Numba's current thread count (:func:`set_threads`), not ``memcpy``. The source is
+    the entry's own memory (a layer reads x where it is, so the copy pays the same
+    alignment). The destination is allocated per call the way numbanorm allocates a
+    layer's output (:func:`numbanorm._memory.empty`, 64-byte aligned: an output of
     ``config.RECYCLE_MIN_BYTES`` or more reuses the buffer of that size freed last, a
     smaller one comes from the C allocator, which reuses a freed block as well), so the
     copy writes into memory in the cache state the layer's output is in; PyTorch's and
