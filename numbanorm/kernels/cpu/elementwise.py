@@ -84,20 +84,20 @@ def normalize_slice_affine(x, y, mean_hi, rstd, shift, weight, bias):
 def normalize_cols(x2, y2, mean_hi, scale, shift):
     """Per-column ``y = (x - mean_hi) * scale + shift`` over a (rows, C) block.
 
-    Each sweep takes row ``i`` of the first half and row ``i`` of the second (as
-    :func:`dx_cols` does): the three parameter rows are loaded once per two rows, and the
-    pass reads two sequential streams, which keeps it at a copy's speed out of cache where
-    one row at a time is not.
+    Row ``i`` of the first half, then row ``i`` of the second: two sequential streams
+    for the prefetcher. Whole rows, not both halves in one loop over columns: when the
+    halves lie a multiple of 4 KiB apart (and x and y at the same page offset), the
+    store to one half's y and the next load from the other half's x share their low
+    address bits, and the CPU's 4K-aliasing check stalls that load (up to 1.8x slower).
     """
     rows = x2.shape[0]
     half = rows // 2
-    xa, xb, ya, yb = x2[:half], x2[half:2 * half], y2[:half], y2[half:2 * half]
     for i in range(half):
-        x0, x1, y0, y1 = xa[i], xb[i], ya[i], yb[i]
-        for c in range(x0.size):
-            m, s, t = mean_hi[c], scale[c], shift[c]
-            y0[c] = (x0[c] - m) * s + t
-            y1[c] = (x1[c] - m) * s + t
+        for r in (i, half + i):
+            xr = x2[r]
+            yr = y2[r]
+            for c in range(xr.size):
+                yr[c] = (xr[c] - mean_hi[c]) * scale[c] + shift[c]
     for i in range(2 * half, rows):
         xr = x2[i]
         yr = y2[i]
