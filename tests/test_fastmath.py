@@ -1,6 +1,8 @@
 """Every compiled kernel carries the configured fast-math flags, and none drops NaN checks."""
 
+import ast
 import importlib
+import inspect
 import pkgutil
 
 import numpy as np
@@ -70,3 +72,28 @@ def test_nan_and_inf_propagate_through_compiled_kernels():
     y = np.empty_like(x)
     E.normalize_slice(x, y, np.float32(1), np.float32(2), np.float32(0))
     assert y[0] == 0 and np.isnan(y[1]) and y[2] == 4 and np.isinf(y[3])
+
+
+def _decorator_names(func_def):
+    return {d.id if isinstance(d, ast.Name) else getattr(d, "attr", None) for d in func_def.decorator_list}
+
+
+def test_inlined_reduce_helpers_are_called_by_reduce_helpers_only():
+    # An inlined body is compiled with its caller's flags: a reduce_inline helper called from an
+    # element-wise or dx function would lose reassoc (or bring it where it must not be).
+    _all_kernel_modules()
+    inlined = {d.py_func.__name__ for d in _jit.all_dispatchers() if d.targetoptions.get("inline") == "always"}
+    assert {"_shifted_sums", "_block_moments", "_shifted_moments"} <= inlined
+    checked = 0
+    for info in pkgutil.iter_modules(cpu.__path__):
+        module = importlib.import_module(f"{cpu.__name__}.{info.name}")
+        tree = ast.parse(inspect.getsource(module))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            called = {c.func.id for c in ast.walk(node) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
+            if called & inlined:
+                checked += 1
+                assert _decorator_names(node) & {"reduce_helper", "reduce_inline"}, (info.name, node.name,
+                                                                                      called & inlined)
+    assert checked >= 4

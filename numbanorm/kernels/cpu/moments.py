@@ -43,7 +43,7 @@ import numpy as np
 from numba import prange
 
 from ... import _memory, config
-from ._jit import elementwise_helper, kernel, reduce_helper
+from ._jit import elementwise_helper, kernel, reduce_helper, reduce_inline
 
 __all__ = [
     "chan_merge",
@@ -93,7 +93,7 @@ def chan_merge_into(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     return n_a + n_b
 
 
-@reduce_helper
+@reduce_inline
 def _two_pass(x):
     # float64 accumulators for float32 input: x - mean is exact in float64.
     s = 0.0
@@ -107,7 +107,7 @@ def _two_pass(x):
     return mean, m2
 
 
-@reduce_helper
+@reduce_inline
 def _shifted_sums(x, k):
     """``(sum(x - k), sum((x - k)**2))`` in float64, one read of x."""
     s1 = 0.0
@@ -119,7 +119,24 @@ def _shifted_sums(x, k):
     return s1, s2
 
 
-@reduce_helper
+@reduce_inline
+def _shifted_moments(k, s1, s2, n, max_ratio):
+    """``(ok, mean, M2)`` of n values from their shifted sums ``s1 = sum(x - k)`` and
+    ``s2 = sum((x - k)**2)``: ``mean = k + s1 / n``, ``M2 = s2 - s1**2 / n``, and whether
+    they pass the cancellation check ``r = s1**2 / (n M2) <= max_ratio`` with a finite ``k``
+    (a NaN M2 passes: NaN data gives NaN moments either way; a negative M2 from rounding,
+    when M2 is next to nothing, is clamped to 0)."""
+    t = s1 / n
+    shift = s1 * t
+    m2 = s2 - shift
+    if np.isfinite(k) and (shift <= max_ratio * m2 or not np.isfinite(m2)):
+        if m2 < 0.0:
+            m2 = 0.0
+        return True, k + t, m2
+    return False, 0.0, 0.0
+
+
+@reduce_inline
 def _block_moments(x, max_ratio):
     """(mean, M2) of a cache-sized block: shifted sums about its first value, checked.
 
@@ -132,21 +149,16 @@ def _block_moments(x, max_ratio):
     ``max_ratio`` (an outlier first, or a non-finite one) the block is recomputed with
     the two-pass algorithm, whose error does not depend on a shift.
     """
-    n = x.size
     k = np.float64(x[0])
     if np.isfinite(k):
         s1, s2 = _shifted_sums(x, k)
-        t = s1 / n
-        shift = s1 * t
-        m2 = s2 - shift
-        if shift <= max_ratio * m2 or not np.isfinite(m2):
-            if m2 < 0.0:  # rounding, when M2 is next to nothing; NaN stays NaN
-                m2 = 0.0
-            return k + t, m2
+        ok, mean, m2 = _shifted_moments(k, s1, s2, x.size, max_ratio)
+        if ok:
+            return mean, m2
     return _two_pass(x)
 
 
-@reduce_helper
+@reduce_inline
 def _add_shifted_sums(x, r, s, k):
     """Write ``s = x + r`` (in s's dtype) and return ``(sum(s - k), sum((s - k)**2))`` in float64."""
     s1 = 0.0
@@ -160,23 +172,15 @@ def _add_shifted_sums(x, r, s, k):
     return s1, s2
 
 
-@reduce_helper
+@reduce_inline
 def _add_block_moments(x, r, s, max_ratio):
     """:func:`_block_moments` of ``s = x + r``, written to ``s`` in the same read; the shift is
     ``s[0]`` and a block that fails the check is recomputed two-pass from ``s`` (in cache)."""
-    n = x.size
     k = np.float64(x[0] + r[0])
     s1, s2 = _add_shifted_sums(x, r, s, k if np.isfinite(k) else 0.0)
-    if np.isfinite(k):
-        # _block_moments' check, written out here as there: a helper returning it was not
-        # inlined, and a call per block slowed the plain path measurably.
-        t = s1 / n
-        shift = s1 * t
-        m2 = s2 - shift
-        if shift <= max_ratio * m2 or not np.isfinite(m2):
-            if m2 < 0.0:
-                m2 = 0.0
-            return k + t, m2
+    ok, mean, m2 = _shifted_moments(k, s1, s2, x.size, max_ratio)
+    if ok:
+        return mean, m2
     return _two_pass(s)
 
 
@@ -383,7 +387,7 @@ def cols_shifted_sums(x2, k, s1, s2):
             s2[c] += d * d
 
 
-@elementwise_helper
+@reduce_helper
 def cols_range_moments(x2, mean, m2, tmp, max_ratio):
     """Moments of each column of a (rows, C) array into float64 ``mean``/``m2``; returns the row count.
 
@@ -405,15 +409,9 @@ def cols_range_moments(x2, mean, m2, tmp, max_ratio):
         k[c] = np.float64(x2[0, c])
     cols_shifted_sums(x2, k, mean, m2)
     for c in range(cols):
-        t = mean[c] / rows
-        shift = mean[c] * t
-        q = m2[c] - shift
-        if not np.isfinite(k[c]) or not (shift <= max_ratio * q or not np.isfinite(q)):
+        ok, mean[c], m2[c] = _shifted_moments(k[c], mean[c], m2[c], rows, max_ratio)
+        if not ok:
             return cols_welford(x2, mean, m2, tmp)
-        if q < 0.0:  # rounding, when M2 is next to nothing; NaN stays NaN
-            q = 0.0
-        mean[c] = k[c] + t
-        m2[c] = q
     return float(rows)
 
 
