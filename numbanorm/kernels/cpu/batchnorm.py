@@ -40,6 +40,7 @@ from .elementwise import (
     epilogue_flag,
     epilogue_slice,
     normalize_slice,
+    normalize_stats,
     pack_channel_dx,
     pack_stats,
     strided_dx,
@@ -108,12 +109,16 @@ def normalize(layout, x3, y3, mean, m2, count, weight, bias, eps, residual=None,
     The epilogue ``relu(y + residual)`` (either part optional) is applied as y is written.
     """
     channels = _channels(layout, x3)
-    q = _memory.empty((3, 1, channels), x3.dtype, work=x3.size)
     var = np.empty(channels)
     rstd = np.empty(channels)
+    wide, s = _wide(layout, x3)
+    if wide is None and not _parallel(x3):
+        normalize_stats(x3, y3, layout == "cl", mean, m2, float(count), eps, param(weight, channels, 1.0, x3.dtype),
+                        param(bias, channels, 0.0, x3.dtype), var, rstd, residual, epilogue_flag(residual, relu))
+        return var, rstd
+    q = _memory.empty((3, 1, channels), x3.dtype, work=x3.size)
     pack_stats(mean, m2, float(count), eps, param(weight, channels, 1.0, x3.dtype),
                param(bias, channels, 0.0, x3.dtype), q, var, rstd)
-    wide, s = _wide(layout, x3)
     if wide is None:
         normalize_packed(layout, x3, y3, q, residual, relu)
     else:

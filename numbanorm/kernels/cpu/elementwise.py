@@ -266,6 +266,35 @@ def normalize_planes(x3, y3, q, rows_per_chunk, nchunks, r3, relu):
             epilogue_cols(x3[b, lo:hi], r3[b, lo:hi], y3[b, lo:hi], q[0, p], q[1, p], q[2, p], relu)
 
 
+#: The serial builds, called from :func:`normalize_stats` (compiled code calls a dispatcher, not a Kernel).
+_normalize_rows_serial = normalize_rows.serial
+_normalize_planes_serial = normalize_planes.serial
+
+
+@elementwise_helper
+def normalize_stats(x3, y3, cl, mean, m2, count, eps, weight, bias, var, rstd, r3, relu):
+    """:func:`pack_stats`, then the serial normalize pass of x3's layout, in one call.
+
+    ``cl``: x3 is channels-last (N, S, C), normalized as the one (1, N*S, C) plane of
+    :func:`normalize_planes`; else channels-first (N, C, S), by :func:`normalize_rows`.
+    The epilogue (``r3``, ``relu``) as there. For inputs too small for the parallel build:
+    their two dispatches, the packed params' allocation and the views between them took
+    longer than the pass itself.
+    """
+    q = np.empty((3, 1, mean.size), x3.dtype)
+    pack_stats(mean, m2, count, eps, weight, bias, q, var, rstd)
+    if cl:
+        n, s, c = x3.shape
+        xp = x3.reshape((1, n * s, c))
+        yp = y3.reshape((1, n * s, c))
+        if r3 is None:
+            _normalize_planes_serial(xp, yp, q, n * s, 1, None, relu)
+        else:
+            _normalize_planes_serial(xp, yp, q, n * s, 1, r3.reshape((1, n * s, c)), relu)
+    else:
+        _normalize_rows_serial(x3, y3, q, r3, relu)
+
+
 @dx_helper
 def dx_slice(x, dy, dx, m, a, b, c, s):
     """``dx = s * ((a * dy - b) - (x - m) * c)`` over a 1-D slice, the bracket in float64."""
