@@ -47,6 +47,7 @@ from .elementwise import (
 )
 from .moments import chan_merge, channels_moments, merge, slice_moments, strided_moments
 from .params import param
+from .prefetch import prefetch_lines, prefetch_slice
 from .sums import slice_grad_sums, slice_grad_sums_relu, strided_grad_sums
 
 __all__ = ["moments", "normalize", "grad_sums", "apply_dx", "forward_train", "backward", "dweight"]
@@ -169,7 +170,7 @@ def dweight(s_dyx, rstd):
 
 
 @kernel
-def channels_forward(x3, y3, weight, bias, eps, block, max_ratio, short, mean, m2, var, rstd, r3, relu):
+def channels_forward(x3, y3, weight, bias, eps, block, max_ratio, short, mean, m2, var, rstd, r3, relu, prefetch):
     """Fused BatchNorm of contiguous (N, C, S) input, parallel over channels.
 
     Per channel: the moments of its N planes, Chan-merged in plane order (as
@@ -177,7 +178,10 @@ def channels_forward(x3, y3, weight, bias, eps, block, max_ratio, short, mean, m
     :func:`moments`), then the planes normalized with
     ``(x - hi) * scale + shift'`` while they are in cache, with the epilogue (``relu`` not
     None: ``+ r3`` unless None, then ReLU when ``relu``) in the same write. ``weight``/``bias`` are (C,)
-    in x's dtype; float64 ``mean``, ``m2``, ``var``, ``rstd`` (C,) are filled.
+    in x's dtype; float64 ``mean``, ``m2``, ``var``, ``rstd`` (C,) are filled. ``prefetch`` (the
+    cache-line size, or 0): each plane's statistics start by prefetching the channel's next plane,
+    its normalize by prefetching the next channel's first plane (a thread's next channel), and
+    each plane's write by prefetching the residual's next plane.
     """
     n_samples, n_channels, _ = x3.shape
     for c in prange(n_channels):
@@ -186,6 +190,8 @@ def channels_forward(x3, y3, weight, bias, eps, block, max_ratio, short, mean, m
         else:
             count, mu, q = 0.0, 0.0, 0.0
             for n in range(n_samples):
+                if prefetch and n + 1 < n_samples:
+                    prefetch_slice(x3[n + 1, c], prefetch)
                 k, p_mu, p_q = slice_moments(x3[n, c], block, max_ratio, True)
                 count, mu, q = chan_merge(count, mu, q, k, p_mu, p_q)
         v = q / count
@@ -198,7 +204,11 @@ def channels_forward(x3, y3, weight, bias, eps, block, max_ratio, short, mean, m
         hi = cast_like(mu, x3)
         scale_x = cast_like(scale, x3)
         shift_x = cast_like(np.float64(bias[c]) - (mu - hi) * scale, x3)
+        if prefetch and not short and c + 1 < n_channels:
+            prefetch_slice(x3[0, c + 1], prefetch)
         for n in range(n_samples):
+            if prefetch and r3 is not None and n + 1 < n_samples:
+                prefetch_slice(r3[n + 1, c], prefetch)
             if relu is None:
                 normalize_slice(x3[n, c], y3[n, c], hi, scale_x, shift_x)
             elif r3 is None:
@@ -208,7 +218,7 @@ def channels_forward(x3, y3, weight, bias, eps, block, max_ratio, short, mean, m
 
 
 @kernel
-def channels_backward(x3, dy3, dx3, mean, rstd, weight, use_input_stats, short, s_dy, s_dyx, y3, g3):
+def channels_backward(x3, dy3, dx3, mean, rstd, weight, use_input_stats, short, s_dy, s_dyx, y3, g3, prefetch):
     """Fused BatchNorm backward of contiguous (N, C, S) input, parallel over channels.
 
     Per channel: ``sum(dy)`` and ``sum(dy * (x - mean))`` over its N planes into
@@ -216,6 +226,7 @@ def channels_backward(x3, dy3, dx3, mean, rstd, weight, use_input_stats, short, 
     (``short`` planes, without an epilogue: each pass one loop nest over the channel).
     With ``y3`` (not None: a ReLU epilogue's output), ``dy`` is ``dy * (y3 > 0)``, written
     to ``g3`` in the sums' read (to ``dx3`` when ``g3`` is None, and dx formed there in place).
+    ``prefetch`` as in :func:`channels_forward`, for x, dy (and y3).
     """
     n_samples, n_channels, length = x3.shape
     count = float(n_samples * length)
@@ -228,6 +239,11 @@ def channels_backward(x3, dy3, dx3, mean, rstd, weight, use_input_stats, short, 
             a = 0.0
             b = 0.0
             for n in range(n_samples):
+                if prefetch and n + 1 < n_samples:
+                    prefetch_slice(x3[n + 1, c], prefetch)
+                    prefetch_slice(dy3[n + 1, c], prefetch)
+                    if y3 is not None:
+                        prefetch_slice(y3[n + 1, c], prefetch)
                 if y3 is None:
                     p, q = slice_grad_sums(x3[n, c], dy3[n, c], mu)
                 elif g3 is None:
@@ -245,6 +261,9 @@ def channels_backward(x3, dy3, dx3, mean, rstd, weight, use_input_stats, short, 
         if nest:
             strided_dx(x3, dy3, dx3, c, mu, 1.0, mean_dy, coef, scale)
             continue
+        if prefetch and c + 1 < n_channels:
+            prefetch_slice(x3[0, c + 1], prefetch)
+            prefetch_slice(dy3[0, c + 1], prefetch)
         for n in range(n_samples):
             if y3 is None:
                 dx_slice(x3[n, c], dy3[n, c], dx3[n, c], mu, 1.0, mean_dy, coef, scale)
@@ -278,7 +297,7 @@ def forward_train(layout, x3, y3, weight, bias, eps, residual=None, relu=False):
     mean, m2, var, rstd = (np.empty(c) for _ in range(4))
     channels_forward(x3.size, x3, y3, param(weight, c, 1.0, x3.dtype), param(bias, c, 0.0, x3.dtype), eps,
                      config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, _short(layout, x3), mean, m2, var, rstd, residual,
-                     epilogue_flag(residual, relu))
+                     epilogue_flag(residual, relu), prefetch_lines(x3.nbytes))
     return float(n * s), mean, m2, var, rstd
 
 
@@ -300,5 +319,5 @@ def backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats, y3=None,
     s_dy, s_dyx = np.empty(c), np.empty(c)
     channels_backward(x3.size, x3, dy3, dx3, np.ascontiguousarray(mean), np.ascontiguousarray(rstd),
                       param(weight, c, 1.0, x3.dtype), bool(use_input_stats), _short(layout, x3), s_dy, s_dyx, y3,
-                      g3)
+                      g3, prefetch_lines(x3.nbytes))
     return dweight(s_dyx, rstd), s_dy

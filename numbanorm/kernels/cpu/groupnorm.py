@@ -41,6 +41,7 @@ from .elementwise import (
 )
 from .moments import cols_range_moments, merge, merge_range, slice_moments
 from .params import param
+from .prefetch import prefetch_lines, prefetch_slice
 from .sums import (
     cols_block_grad_sums,
     cols_block_grad_sums_relu,
@@ -62,17 +63,23 @@ __all__ = [
 
 
 @kernel
-def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_ratio, mean, var, rstd, r2, relu):
+def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_ratio, mean, var, rstd, r2, relu,
+                   prefetch):
     """Fused GroupNorm of contiguous (N*G, C/G*S) blocks: moments, then each channel's segment.
 
     ``weight`` and ``bias`` are float64 (C,), ``weight_x`` and ``bias_x`` their x-dtype copies.
     The epilogue (``relu`` not None: ``+ r2`` unless None, then ReLU when ``relu``) is applied
-    as y is written.
+    as y is written. ``prefetch`` (the cache-line size, or 0): each block starts by prefetching
+    the next one (and the residual's).
     """
     n_blocks, width = x2.shape
     per_group = width // seg
     groups = weight.size // per_group
     for r in prange(n_blocks):
+        if prefetch and r + 1 < n_blocks:
+            prefetch_slice(x2[r + 1], prefetch)
+            if r2 is not None:
+                prefetch_slice(r2[r + 1], prefetch)
         xr = x2[r]
         yr = y2[r]
         _, mu, m2 = slice_moments(xr, block, max_ratio, True)
@@ -323,7 +330,7 @@ def forward(layout, x3, y3, groups, weight, bias, eps, residual=None, relu=False
         r2 = None if residual is None else _blocks(residual, groups)
         blocks_forward(x2.size, x2, y2, s, w, param(weight, c, 1.0, x3.dtype), b, param(bias, c, 0.0, x3.dtype),
                        eps, config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, mean.reshape(-1), var.reshape(-1),
-                       rstd.reshape(-1), r2, epilogue_flag(residual, relu))
+                       rstd.reshape(-1), r2, epilogue_flag(residual, relu), prefetch_lines(x2.nbytes))
         return float(x2.shape[1]), mean, var, rstd
     n, s, c = x3.shape
     if _fused_planes(x3):

@@ -21,20 +21,26 @@ from ._jit import cast_like, kernel
 from .elementwise import dx_slice_affine, dx_slice_affine_sum, normalize_slice_affine
 from .moments import add_slice_moments, slice_moments
 from .params import param
+from .prefetch import prefetch_lines, prefetch_slice
 from .sums import slice_weighted_grad_sums
 
 __all__ = ["rows_forward", "rows_backward", "forward", "backward"]
 
 
 @kernel(threshold="ROWS_PARALLEL_MIN_ELEMENTS")
-def rows_forward(x2, y2, weight, bias, eps, block, max_ratio, center, stats, r2, s2):
+def rows_forward(x2, y2, weight, bias, eps, block, max_ratio, center, stats, r2, s2, prefetch):
     """Normalize each row; store its float64 mean and rstd in ``stats`` (2, R).
 
     With ``r2`` (not None) the rows normalized are those of ``s2 = x2 + r2``, written in the
-    statistics' read.
+    statistics' read. ``prefetch``: the cache-line size, to prefetch the next row's lines
+    when a row starts (0: no prefetch).
     """
     n_rows, width = x2.shape
     for r in prange(n_rows):
+        if prefetch and r + 1 < n_rows:
+            prefetch_slice(x2[r + 1], prefetch)
+            if r2 is not None:
+                prefetch_slice(r2[r + 1], prefetch)
         xr = x2[r]
         if r2 is None:
             _, mu, m2 = slice_moments(xr, block, max_ratio, center)
@@ -87,7 +93,7 @@ def forward(x2, y2, weight, bias, eps, center, r2=None, s2=None):
     b = param(bias, width, 0.0, x2.dtype, x2.size)
     stats = np.empty((2, x2.shape[0]))
     rows_forward(x2.size, x2, y2, w, b, eps, config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, bool(center), stats, r2,
-                 s2)
+                 s2, prefetch_lines(x2.nbytes))
     return stats[0], stats[1]
 
 

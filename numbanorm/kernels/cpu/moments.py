@@ -44,6 +44,7 @@ from numba import prange
 
 from ... import _memory, config
 from ._jit import elementwise_helper, kernel, reduce_helper, reduce_inline
+from .prefetch import prefetch_lines, prefetch_slice
 
 __all__ = [
     "chan_merge",
@@ -416,9 +417,13 @@ def cols_range_moments(x2, mean, m2, tmp, max_ratio):
 
 
 @kernel
-def rows_moments(x2, block, max_ratio, mean, m2):
-    """Mean and M2 of every row of a C-contiguous (R, L) array, parallel over rows."""
-    for r in prange(x2.shape[0]):
+def rows_moments(x2, block, max_ratio, mean, m2, prefetch):
+    """Mean and M2 of every row of a C-contiguous (R, L) array, parallel over rows; each row
+    starts by prefetching the next (``prefetch``: the cache-line size, or 0 for none)."""
+    rows = x2.shape[0]
+    for r in prange(rows):
+        if prefetch and r + 1 < rows:
+            prefetch_slice(x2[r + 1], prefetch)
         _, mean[r], m2[r] = slice_moments(x2[r], block, max_ratio, True)
 
 
@@ -553,7 +558,7 @@ def row_moments(x2):
     rows, length = x2.shape
     mean = np.empty(rows)
     m2 = np.empty(rows)
-    rows_moments(x2.size, x2, config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, mean, m2)
+    rows_moments(x2.size, x2, config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, mean, m2, prefetch_lines(x2.nbytes))
     return float(length), mean, m2
 
 
