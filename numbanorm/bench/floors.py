@@ -23,6 +23,10 @@ Probes:
 * ``rows``: LayerNorm/RMSNorm rows, GroupNorm blocks and InstanceNorm planes of
   contiguous input: per row, sum then write (backward adds per-thread weight-gradient
   rows for LayerNorm/RMSNorm, whose weight is per element).
+
+The ``channel`` probes and the ``rows`` forward prefetch the next plane or row as they
+start on one, as numbanorm's passes of those shapes do (``config.PREFETCH``,
+:mod:`numbanorm.kernels.cpu.prefetch`): a floor that left it out would not be one.
 * ``columns``: BatchNorm on (N, C) and channels-last input: column sums over all rows
   in parallel chunks, then a second read of x that writes y (backward: the same for
   the two sums of dy and x, then dx).
@@ -54,18 +58,24 @@ def _kernels():
     import numba
     from numba import prange
 
+    from ..kernels.cpu.prefetch import prefetch_slice
+
     jit = numba.njit(parallel=True, fastmath=set(config.FASTMATH_REDUCE), cache=config.CACHE)
 
     @jit
-    def channel_forward(x3, y3, const):
+    def channel_forward(x3, y3, const, lines):
         n, c, s = x3.shape
         for j in prange(c):
             acc = const[0]
             for i in range(n):
+                if lines and i + 1 < n:
+                    prefetch_slice(x3[i + 1, j], lines)
                 row = x3[i, j]
                 for t in range(s):
                     acc += row[t]
             a = const[1] / (acc + const[2])
+            if lines and j + 1 < c:
+                prefetch_slice(x3[0, j + 1], lines)
             for i in range(n):
                 row = x3[i, j]
                 out = y3[i, j]
@@ -73,12 +83,15 @@ def _kernels():
                     out[t] = row[t] * a + a
 
     @jit
-    def channel_backward(x3, g3, d3, const):
+    def channel_backward(x3, g3, d3, const, lines):
         n, c, s = x3.shape
         for j in prange(c):
             s1 = const[0]
             s2 = const[0]
             for i in range(n):
+                if lines and i + 1 < n:
+                    prefetch_slice(x3[i + 1, j], lines)
+                    prefetch_slice(g3[i + 1, j], lines)
                 row = x3[i, j]
                 g = g3[i, j]
                 for t in range(s):
@@ -86,6 +99,9 @@ def _kernels():
                     s2 += g[t] * row[t]
             a = const[1] / (s1 + const[2])
             b = s2 * a
+            if lines and j + 1 < c:
+                prefetch_slice(x3[0, j + 1], lines)
+                prefetch_slice(g3[0, j + 1], lines)
             for i in range(n):
                 row = x3[i, j]
                 g = g3[i, j]
@@ -94,8 +110,11 @@ def _kernels():
                     out[t] = g[t] * a - row[t] * b + a
 
     @jit
-    def rows_forward(x2, y2, const):
-        for r in prange(x2.shape[0]):
+    def rows_forward(x2, y2, const, lines):
+        rows = x2.shape[0]
+        for r in prange(rows):
+            if lines and r + 1 < rows:
+                prefetch_slice(x2[r + 1], lines)
             row = x2[r]
             out = y2[r]
             acc = const[0]
@@ -257,6 +276,9 @@ def floor_runner(case, pass_, pool):
     xs, dys = pool.xs, pool.dys
     x0 = xs[0]
     consts = np.array([0, 1, 1000], x0.dtype)
+    from ..kernels.cpu.prefetch import prefetch_lines
+
+    lines = prefetch_lines(x0.nbytes)  # the next slice prefetched as numbanorm's passes do
 
     def dense(a):  # the entry's memory as a C-contiguous array (channels moved last)
         return np.moveaxis(a, 1, -1) if case.layout == "channels_last" else a
@@ -270,12 +292,12 @@ def floor_runner(case, pass_, pool):
 
         def forward(i):
             y = _out(flat[i])
-            k["channel_forward"](view(flat[i]), view(y), consts)
+            k["channel_forward"](view(flat[i]), view(y), consts, lines)
             return y
 
         def backward(i):
             dx = _out(flat[i])
-            k["channel_backward"](view(flat[i]), view(flat_dy[i]), view(dx), consts)
+            k["channel_backward"](view(flat[i]), view(flat_dy[i]), view(dx), consts, lines)
             return dx
     elif kind == "rows":
         if case.op in ("LayerNorm", "RMSNorm"):
@@ -292,7 +314,7 @@ def floor_runner(case, pass_, pool):
 
         def forward(i):
             y = _out(flat[i])
-            k["rows_forward"](view(flat[i]), view(y), consts)
+            k["rows_forward"](view(flat[i]), view(y), consts, lines)
             return y
 
         def backward(i):
