@@ -23,15 +23,15 @@ Probes:
 * ``rows``: LayerNorm/RMSNorm rows, GroupNorm blocks and InstanceNorm planes of
   contiguous input: per row, sum then write (backward adds per-thread weight-gradient
   rows for LayerNorm/RMSNorm, whose weight is per element).
-
-The ``channel`` probes and the ``rows`` forward prefetch the next plane or row as they
-start on one, as numbanorm's passes of those shapes do (``config.PREFETCH``,
-:mod:`numbanorm.kernels.cpu.prefetch`): a floor that left it out would not be one.
 * ``columns``: BatchNorm on (N, C) and channels-last input: column sums over all rows
   in parallel chunks, then a second read of x that writes y (backward: the same for
   the two sums of dy and x, then dx).
 * ``planes``: GroupNorm/InstanceNorm on channels-last input: per sample, column sums
   of its (S, C) plane, then the plane written from cache.
+
+The ``channel`` probes and the ``rows`` forward prefetch the next plane or row as they
+start on one, as numbanorm's passes of those shapes do (``config.PREFETCH``,
+:mod:`numbanorm.kernels.cpu.prefetch`): a floor that left it out would not be one.
 
 Eval passes (the copy is their floor) and fused-epilogue rows have no probe.
 """
@@ -266,6 +266,7 @@ def floor_runner(case, pass_, pool):
         Returning y (forward) or dx (train step, after the forward's probe). Outputs are
         allocated per call as numbanorm's are (:func:`numbanorm._memory.empty`).
     """
+    from ..kernels.cpu.prefetch import prefetch_lines
     from .peers import Runner
 
     kind = floor_kind(case, pass_)
@@ -276,8 +277,6 @@ def floor_runner(case, pass_, pool):
     xs, dys = pool.xs, pool.dys
     x0 = xs[0]
     consts = np.array([0, 1, 1000], x0.dtype)
-    from ..kernels.cpu.prefetch import prefetch_lines
-
     lines = prefetch_lines(x0.nbytes)  # the next slice prefetched as numbanorm's passes do
 
     def dense(a):  # the entry's memory as a C-contiguous array (channels moved last)
