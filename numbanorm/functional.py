@@ -89,7 +89,7 @@ def _params(be, x, shape, **arrays):
     """Check optional parameters/buffers of ``shape`` (a tuple) on x's device; return them in order."""
     if type(x) is np.ndarray:
         # The common case, checked cheaply: NumPy arrays of the right shape and a float dtype.
-        values = list(arrays.values())
+        values = arrays.values()
         for p in values:
             if p is not None and (type(p) is not np.ndarray or p.shape != shape or p.dtype.char not in "fd"):
                 break
@@ -439,8 +439,9 @@ def _rows_forward(x, normalized_shape, weight, bias, eps, out, center, residual,
     be, x, shape, stat_shape = _rows_input(x, normalized_shape)
     weight, bias = _params(be, x, shape, weight=weight, bias=bias)
     eps = v.check_eps(float(np.finfo(x.dtype).eps) if eps is None and not center else eps)
-    residual = _residual(be, x, residual)
-    v.check_out(out, x, residual)
+    if residual is not None or out is not None:
+        residual = _residual(be, x, residual)
+        v.check_out(out, x, residual)
     layout, x2 = be.layout.rows_view(x, math.prod(shape))
     y = be.layout.Output(layout, x2, x, out)
     if residual is None:

@@ -108,12 +108,14 @@ class Output:
     __slots__ = ("view", "_array", "_out")
 
     def __init__(self, layout, x3, x, out=None):
-        view = None if out is None else match_layout(layout, x3, out)
-        if view is None:
-            self.view, self._array = new_output(layout, x3, x.shape)
-        else:
-            self.view, self._array = view, out
         self._out = out
+        view = None if out is None else match_layout(layout, x3, out)
+        if view is not None:
+            self.view, self._array = view, out
+        elif layout == "cf" and x3.shape == x.shape:  # the output is its own kernel view
+            self.view = self._array = _memory.empty(x3.shape, x3.dtype, x3.size)
+        else:
+            self.view, self._array = new_output(layout, x3, x.shape)
 
     def result(self):
         if self._out is not None and self._array is not self._out:
