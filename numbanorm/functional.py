@@ -266,10 +266,11 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         if exchange is None:
             _check_count(x.size // c if c else 0, training, x.shape)
         relu = v.check_activation(activation)
-        residual = _residual(be, x, residual)
-        v.check_out(out, x, residual)
+        if residual is not None or out is not None:
+            residual = _residual(be, x, residual)
+            v.check_out(out, x, residual)
         layout, x3 = be.layout.channel_view(x)
-        r3 = _like(be, layout, x3, residual, x.dtype)
+        r3 = None if residual is None else _like(be, layout, x3, residual, x.dtype)
         if exchange is not None:
             local = be.batchnorm.moments(layout, x3) if x.size else (0.0, np.zeros(c), np.zeros(c))
             exchange.share(tuple(be.arrays.to_host(a) if i else a for i, a in enumerate(local)))

@@ -48,11 +48,12 @@ def channel_view(x, rows_2d=False):
     (N, C) input is a channels-last problem with S = 1 (channels are the fast axis),
     unless ``rows_2d``: then it is ``("cf", (N, C, 1))``, for statistics per sample.
     """
-    n, c = x.shape[:2]
-    s = math.prod(x.shape[2:])
     if x.ndim == 2:
+        n, c = x.shape
         x2 = x if x.flags.c_contiguous else np.ascontiguousarray(x)
         return ("cf", x2.reshape(n, c, 1)) if rows_2d else ("cl", x2.reshape(n, 1, c))
+    n, c = x.shape[:2]
+    s = math.prod(x.shape[2:])
     if x.flags.c_contiguous:
         return "cf", x.reshape(n, c, s)
     last = _channels_last(x)
