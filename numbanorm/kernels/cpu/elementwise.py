@@ -37,6 +37,7 @@ from ._jit import cast_like, dx_helper, elementwise_helper, kernel
 __all__ = [
     "normalize_slice",
     "normalize_slice_affine",
+    "normalize_slice_scaled",
     "normalize_cols",
     "epilogue_slice",
     "epilogue_slice_affine",
@@ -78,6 +79,14 @@ def normalize_slice_affine(x, y, mean_hi, rstd, shift, weight, bias):
     """
     for i in range(x.size):
         y[i] = ((x[i] - mean_hi) * rstd + shift) * weight[i] + bias[i]
+
+
+@elementwise_helper
+def normalize_slice_scaled(x, y, rstd, weight):
+    """``y = x * rstd * weight`` with per-element weight: RMSNorm's rows, which have no mean
+    and no bias (:func:`normalize_slice_affine` with both zero, in the same rounding order)."""
+    for i in range(x.size):
+        y[i] = x[i] * rstd * weight[i]
 
 
 @elementwise_helper

@@ -18,7 +18,7 @@ from numba import prange
 
 from ... import _memory, config
 from ._jit import cast_like, kernel
-from .elementwise import dx_slice_affine, dx_slice_affine_sum, normalize_slice_affine
+from .elementwise import dx_slice_affine, dx_slice_affine_sum, normalize_slice_affine, normalize_slice_scaled
 from .moments import add_slice_moments, slice_moments
 from .params import param
 from .prefetch import prefetch_lines, prefetch_slice
@@ -33,7 +33,8 @@ def rows_forward(x2, y2, weight, bias, eps, block, max_ratio, center, stats, r2,
 
     With ``r2`` (not None) the rows normalized are those of ``s2 = x2 + r2``, written in the
     statistics' read. ``prefetch``: the cache-line size, to prefetch the next row's lines
-    when a row starts (0: no prefetch).
+    when a row starts (0: no prefetch). ``bias`` None (without ``center`` only): RMSNorm's
+    ``y = x * rstd * weight``, with no mean, shift or bias to apply.
     """
     n_rows, width = x2.shape
     for r in prange(n_rows):
@@ -52,10 +53,11 @@ def rows_forward(x2, y2, weight, bias, eps, block, max_ratio, center, stats, r2,
         hi = cast_like(mu, xr)
         inv_x = cast_like(inv, xr)
         shift_x = cast_like(-(mu - hi) * inv, xr)
-        if r2 is None:
-            normalize_slice_affine(xr, y2[r], hi, inv_x, shift_x, weight, bias)
+        src = xr if r2 is None else s2[r]
+        if bias is None:
+            normalize_slice_scaled(src, y2[r], inv_x, weight)
         else:
-            normalize_slice_affine(s2[r], y2[r], hi, inv_x, shift_x, weight, bias)
+            normalize_slice_affine(src, y2[r], hi, inv_x, shift_x, weight, bias)
 
 
 @kernel(threshold="ROWS_PARALLEL_MIN_ELEMENTS")
@@ -90,7 +92,7 @@ def forward(x2, y2, weight, bias, eps, center, r2=None, s2=None):
     """
     width = x2.shape[1]
     w = param(weight, width, 1.0, x2.dtype, x2.size)
-    b = param(bias, width, 0.0, x2.dtype, x2.size)
+    b = None if bias is None and not center else param(bias, width, 0.0, x2.dtype, x2.size)
     stats = np.empty((2, x2.shape[0]))
     rows_forward(x2.size, x2, y2, w, b, eps, config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, bool(center), stats, r2,
                  s2, prefetch_lines(x2.nbytes))

@@ -185,7 +185,7 @@ def _add_block_moments(x, r, s, max_ratio):
     return _two_pass(s)
 
 
-@reduce_helper
+@reduce_inline
 def _add_sum_squares(x, r, s):
     """Write ``s = x + r`` and return ``sum(s**2)`` in float64, one read."""
     acc = 0.0
@@ -197,7 +197,7 @@ def _add_sum_squares(x, r, s):
     return acc
 
 
-@reduce_helper
+@reduce_inline
 def _sum_squares(x):
     """``sum(x**2)`` over a contiguous 1-D slice, accumulated in float64."""
     s = 0.0
