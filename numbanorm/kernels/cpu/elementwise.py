@@ -33,6 +33,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import cast_like, dx_helper, elementwise_helper, kernel
+from .subarrays import sub, sub2
 
 __all__ = [
     "normalize_slice",
@@ -103,13 +104,13 @@ def normalize_cols(x2, y2, mean_hi, scale, shift):
     half = rows // 2
     for i in range(half):
         for r in (i, half + i):
-            xr = x2[r]
-            yr = y2[r]
+            xr = sub(x2, r)
+            yr = sub(y2, r)
             for c in range(xr.size):
                 yr[c] = (xr[c] - mean_hi[c]) * scale[c] + shift[c]
     for i in range(2 * half, rows):
-        xr = x2[i]
-        yr = y2[i]
+        xr = sub(x2, i)
+        yr = sub(y2, i)
         for c in range(xr.size):
             yr[c] = (xr[c] - mean_hi[c]) * scale[c] + shift[c]
 
@@ -155,8 +156,8 @@ def epilogue_cols(x2, r2, y2, mean_hi, scale, shift, relu):
     """:func:`normalize_cols`, then ``+ r`` (a (rows, C) block, or None) and ReLU (``relu``)."""
     zero = cast_like(0.0, y2)
     for i in range(x2.shape[0]):
-        xr = x2[i]
-        yr = y2[i]
+        xr = sub(x2, i)
+        yr = sub(y2, i)
         if relu:
             for c in range(xr.size):
                 v = (xr[c] - mean_hi[c]) * scale[c] + shift[c]
@@ -249,11 +250,12 @@ def normalize_rows(x3, y3, q, r3, relu):
         c = r - n * n_channels
         p = n if per_sample else 0
         if relu is None:
-            normalize_slice(x3[n, c], y3[n, c], q[0, p, c], q[1, p, c], q[2, p, c])
+            normalize_slice(sub2(x3, n, c), sub2(y3, n, c), q[0, p, c], q[1, p, c], q[2, p, c])
         elif r3 is None:
-            epilogue_slice(x3[n, c], None, y3[n, c], q[0, p, c], q[1, p, c], q[2, p, c], relu)
+            epilogue_slice(sub2(x3, n, c), None, sub2(y3, n, c), q[0, p, c], q[1, p, c], q[2, p, c], relu)
         else:
-            epilogue_slice(x3[n, c], r3[n, c], y3[n, c], q[0, p, c], q[1, p, c], q[2, p, c], relu)
+            epilogue_slice(sub2(x3, n, c), sub2(r3, n, c), sub2(y3, n, c), q[0, p, c], q[1, p, c], q[2, p, c],
+                           relu)
 
 
 @kernel
@@ -317,9 +319,9 @@ def strided_dx(x3, dy3, dx3, k, m, a, b, c, s):
     in one loop nest."""
     n, _, length = x3.shape
     for i in range(n):
-        xr = x3[i, k]
-        gr = dy3[i, k]
-        dr = dx3[i, k]
+        xr = sub2(x3, i, k)
+        gr = sub2(dy3, i, k)
+        dr = sub2(dx3, i, k)
         for j in range(length):
             dr[j] = s * ((a * np.float64(gr[j]) - b) - (np.float64(xr[j]) - m) * c)
 
@@ -344,15 +346,15 @@ def dx_cols(x2, dy2, dx2, m, a, b, c, s):
     xa, xb, ga, gb, da, db = x2[:half], x2[half:2 * half], dy2[:half], dy2[half:2 * half], dx2[:half], \
         dx2[half:2 * half]
     for i in range(half):
-        x0, x1, g0, g1, d0, d1 = xa[i], xb[i], ga[i], gb[i], da[i], db[i]
+        x0, x1, g0, g1, d0, d1 = sub(xa, i), sub(xb, i), sub(ga, i), sub(gb, i), sub(da, i), sub(db, i)
         for j in range(x0.size):
             mj, aj, bj, cj, sj = m[j], a[j], b[j], c[j], s[j]
             d0[j] = sj * ((aj * np.float64(g0[j]) - bj) - (np.float64(x0[j]) - mj) * cj)
             d1[j] = sj * ((aj * np.float64(g1[j]) - bj) - (np.float64(x1[j]) - mj) * cj)
     for i in range(2 * half, rows):
-        xr = x2[i]
-        dyr = dy2[i]
-        dxr = dx2[i]
+        xr = sub(x2, i)
+        dyr = sub(dy2, i)
+        dxr = sub(dx2, i)
         for j in range(xr.size):
             dxr[j] = s[j] * ((a[j] * np.float64(dyr[j]) - b[j]) - (np.float64(xr[j]) - m[j]) * c[j])
 
@@ -387,14 +389,14 @@ def dx_cols_inplace(x2, g2, m, a, b, c, s):
     half = rows // 2
     xa, xb, ga, gb = x2[:half], x2[half:2 * half], g2[:half], g2[half:2 * half]
     for i in range(half):
-        x0, x1, g0, g1 = xa[i], xb[i], ga[i], gb[i]
+        x0, x1, g0, g1 = sub(xa, i), sub(xb, i), sub(ga, i), sub(gb, i)
         for j in range(x0.size):
             mj, aj, bj, cj, sj = m[j], a[j], b[j], c[j], s[j]
             g0[j] = sj * ((aj * np.float64(g0[j]) - bj) - (np.float64(x0[j]) - mj) * cj)
             g1[j] = sj * ((aj * np.float64(g1[j]) - bj) - (np.float64(x1[j]) - mj) * cj)
     for i in range(2 * half, rows):
-        xr = x2[i]
-        gr = g2[i]
+        xr = sub(x2, i)
+        gr = sub(g2, i)
         for j in range(xr.size):
             gr[j] = s[j] * ((a[j] * np.float64(gr[j]) - b[j]) - (np.float64(xr[j]) - m[j]) * c[j])
 
@@ -444,10 +446,11 @@ def dx_rows(x3, dy3, dx3, q):
         c = r - n * n_channels
         p = n if per_sample else 0
         if dy3 is None:
-            dx_slice_inplace(x3[n, c], dx3[n, c], q[0, p, c], q[1, p, c], q[2, p, c], q[3, p, c], q[4, p, c])
+            dx_slice_inplace(sub2(x3, n, c), sub2(dx3, n, c), q[0, p, c], q[1, p, c], q[2, p, c], q[3, p, c],
+                             q[4, p, c])
         else:
-            dx_slice(x3[n, c], dy3[n, c], dx3[n, c], q[0, p, c], q[1, p, c], q[2, p, c], q[3, p, c],
-                     q[4, p, c])
+            dx_slice(sub2(x3, n, c), sub2(dy3, n, c), sub2(dx3, n, c), q[0, p, c], q[1, p, c], q[2, p, c],
+                     q[3, p, c], q[4, p, c])
 
 
 @kernel

@@ -22,6 +22,7 @@ from .elementwise import dx_slice_affine, dx_slice_affine_sum, normalize_slice_a
 from .moments import add_slice_moments, slice_moments
 from .params import param
 from .prefetch import prefetch_lines, prefetch_slice
+from .subarrays import sub
 from .sums import slice_weighted_grad_sums
 
 __all__ = ["rows_forward", "rows_backward", "forward", "backward"]
@@ -39,25 +40,25 @@ def rows_forward(x2, y2, weight, bias, eps, block, max_ratio, center, stats, r2,
     n_rows, width = x2.shape
     for r in prange(n_rows):
         if prefetch and r + 1 < n_rows:
-            prefetch_slice(x2[r + 1], prefetch)
+            prefetch_slice(sub(x2, r + 1), prefetch)
             if r2 is not None:
-                prefetch_slice(r2[r + 1], prefetch)
-        xr = x2[r]
+                prefetch_slice(sub(r2, r + 1), prefetch)
+        xr = sub(x2, r)
         if r2 is None:
             _, mu, m2 = slice_moments(xr, block, max_ratio, center)
         else:
-            _, mu, m2 = add_slice_moments(xr, r2[r], s2[r], block, max_ratio, center)
+            _, mu, m2 = add_slice_moments(xr, sub(r2, r), sub(s2, r), block, max_ratio, center)
         inv = 1.0 / np.sqrt(m2 / width + eps)
         stats[0, r] = mu
         stats[1, r] = inv
         hi = cast_like(mu, xr)
         inv_x = cast_like(inv, xr)
         shift_x = cast_like(-(mu - hi) * inv, xr)
-        src = xr if r2 is None else s2[r]
+        src = xr if r2 is None else sub(s2, r)
         if bias is None:
-            normalize_slice_scaled(src, y2[r], inv_x, weight)
+            normalize_slice_scaled(src, sub(y2, r), inv_x, weight)
         else:
-            normalize_slice_affine(src, y2[r], hi, inv_x, shift_x, weight, bias)
+            normalize_slice_affine(src, sub(y2, r), hi, inv_x, shift_x, weight, bias)
 
 
 @kernel(threshold="ROWS_PARALLEL_MIN_ELEMENTS")
@@ -72,16 +73,16 @@ def rows_backward(x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dwei
         start = k * rows_per_chunk
         stop = min(start + rows_per_chunk, n_rows)
         for r in range(start, stop):
-            xr = x2[r]
-            dyr = dy2[r]
+            xr = sub(x2, r)
+            dyr = sub(dy2, r)
             mu = mean[r]
             inv = rstd[r]
-            s_g, s_gx = slice_weighted_grad_sums(xr, dyr, weight, mu, inv, dweight[k], dbias[k])
+            s_g, s_gx = slice_weighted_grad_sums(xr, dyr, weight, mu, inv, sub(dweight, k), sub(dbias, k))
             b = s_g / width if center else 0.0
             if dsum2 is None:
-                dx_slice_affine(xr, dyr, dx2[r], mu, weight, b, inv * inv * s_gx / width, inv)
+                dx_slice_affine(xr, dyr, sub(dx2, r), mu, weight, b, inv * inv * s_gx / width, inv)
             else:
-                dx_slice_affine_sum(xr, dyr, dsum2[r], dx2[r], mu, weight, b, inv * inv * s_gx / width, inv)
+                dx_slice_affine_sum(xr, dyr, sub(dsum2, r), sub(dx2, r), mu, weight, b, inv * inv * s_gx / width, inv)
 
 
 def forward(x2, y2, weight, bias, eps, center, r2=None, s2=None):

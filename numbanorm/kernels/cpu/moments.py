@@ -45,6 +45,7 @@ from numba import prange
 from ... import _memory, config
 from ._jit import elementwise_helper, kernel, reduce_helper, reduce_inline
 from .prefetch import prefetch_lines, prefetch_slice
+from .subarrays import sub, sub2
 
 __all__ = [
     "chan_merge",
@@ -441,14 +442,14 @@ def strided_moments(x3, c):
         return 0.0, 0.0, 0.0
     t = 0.0
     for i in range(n):
-        row = x3[i, c]
+        row = sub2(x3, i, c)
         for j in range(s):
             t += np.float64(row[j])
     mean = t / count
     q = 0.0
     e = 0.0
     for i in range(n):
-        row = x3[i, c]
+        row = sub2(x3, i, c)
         for j in range(s):
             d = np.float64(row[j]) - mean
             q += d * d
@@ -497,11 +498,13 @@ def merge_partials(counts, mean, m2, out_count, out_mean, out_m2):
     """
     npart, nk, _ = mean.shape
     for p in prange(npart):
-        out_mean[p] = 0.0
-        out_m2[p] = 0.0
+        into_mean = sub(out_mean, p)
+        into_m2 = sub(out_m2, p)
+        into_mean[:] = 0.0
+        into_m2[:] = 0.0
         n = 0.0
         for k in range(nk):
-            n = chan_merge_into(n, out_mean[p], out_m2[p], counts[p, k], mean[p, k], m2[p, k])
+            n = chan_merge_into(n, into_mean, into_m2, counts[p, k], sub2(mean, p, k), sub2(m2, p, k))
         total = 0.0
         for k in range(nk):
             total += counts[p, k]
