@@ -48,6 +48,7 @@ from .elementwise import (
 from .moments import chan_merge, channels_moments, slice_moments, strided_moments
 from .params import param
 from .prefetch import prefetch_lines, prefetch_slice
+from .subarrays import sub2
 from .sums import slice_grad_sums, slice_grad_sums_relu, strided_grad_sums
 
 __all__ = ["moments", "normalize", "grad_sums", "apply_dx", "forward_train", "backward", "dweight"]
@@ -190,8 +191,8 @@ def channels_forward(x3, y3, weight, bias, eps, block, max_ratio, short, mean, m
             count, mu, q = 0.0, 0.0, 0.0
             for n in range(n_samples):
                 if prefetch and n + 1 < n_samples:
-                    prefetch_slice(x3[n + 1, c], prefetch)
-                k, p_mu, p_q = slice_moments(x3[n, c], block, max_ratio, True)
+                    prefetch_slice(sub2(x3, n + 1, c), prefetch)
+                k, p_mu, p_q = slice_moments(sub2(x3, n, c), block, max_ratio, True)
                 count, mu, q = chan_merge(count, mu, q, k, p_mu, p_q)
         v = q / count
         r = 1.0 / np.sqrt(v + eps)
@@ -204,16 +205,16 @@ def channels_forward(x3, y3, weight, bias, eps, block, max_ratio, short, mean, m
         scale_x = cast_like(scale, x3)
         shift_x = cast_like(np.float64(bias[c]) - (mu - hi) * scale, x3)
         if prefetch and not short and c + 1 < n_channels:
-            prefetch_slice(x3[0, c + 1], prefetch)
+            prefetch_slice(sub2(x3, 0, c + 1), prefetch)
         for n in range(n_samples):
             if prefetch and r3 is not None and n + 1 < n_samples:
-                prefetch_slice(r3[n + 1, c], prefetch)
+                prefetch_slice(sub2(r3, n + 1, c), prefetch)
             if relu is None:
-                normalize_slice(x3[n, c], y3[n, c], hi, scale_x, shift_x)
+                normalize_slice(sub2(x3, n, c), sub2(y3, n, c), hi, scale_x, shift_x)
             elif r3 is None:
-                epilogue_slice(x3[n, c], None, y3[n, c], hi, scale_x, shift_x, relu)
+                epilogue_slice(sub2(x3, n, c), None, sub2(y3, n, c), hi, scale_x, shift_x, relu)
             else:
-                epilogue_slice(x3[n, c], r3[n, c], y3[n, c], hi, scale_x, shift_x, relu)
+                epilogue_slice(sub2(x3, n, c), sub2(r3, n, c), sub2(y3, n, c), hi, scale_x, shift_x, relu)
 
 
 @kernel
@@ -239,16 +240,16 @@ def channels_backward(x3, dy3, dx3, mean, rstd, weight, use_input_stats, short, 
             b = 0.0
             for n in range(n_samples):
                 if prefetch and n + 1 < n_samples:
-                    prefetch_slice(x3[n + 1, c], prefetch)
-                    prefetch_slice(dy3[n + 1, c], prefetch)
+                    prefetch_slice(sub2(x3, n + 1, c), prefetch)
+                    prefetch_slice(sub2(dy3, n + 1, c), prefetch)
                     if y3 is not None:
-                        prefetch_slice(y3[n + 1, c], prefetch)
+                        prefetch_slice(sub2(y3, n + 1, c), prefetch)
                 if y3 is None:
-                    p, q = slice_grad_sums(x3[n, c], dy3[n, c], mu)
+                    p, q = slice_grad_sums(sub2(x3, n, c), sub2(dy3, n, c), mu)
                 elif g3 is None:
-                    p, q = slice_grad_sums_relu(x3[n, c], dy3[n, c], y3[n, c], dx3[n, c], mu)
+                    p, q = slice_grad_sums_relu(sub2(x3, n, c), sub2(dy3, n, c), sub2(y3, n, c), sub2(dx3, n, c), mu)
                 else:
-                    p, q = slice_grad_sums_relu(x3[n, c], dy3[n, c], y3[n, c], g3[n, c], mu)
+                    p, q = slice_grad_sums_relu(sub2(x3, n, c), sub2(dy3, n, c), sub2(y3, n, c), sub2(g3, n, c), mu)
                 a += p
                 b += q
         s_dy[c] = a
@@ -261,15 +262,15 @@ def channels_backward(x3, dy3, dx3, mean, rstd, weight, use_input_stats, short, 
             strided_dx(x3, dy3, dx3, c, mu, 1.0, mean_dy, coef, scale)
             continue
         if prefetch and c + 1 < n_channels:
-            prefetch_slice(x3[0, c + 1], prefetch)
-            prefetch_slice(dy3[0, c + 1], prefetch)
+            prefetch_slice(sub2(x3, 0, c + 1), prefetch)
+            prefetch_slice(sub2(dy3, 0, c + 1), prefetch)
         for n in range(n_samples):
             if y3 is None:
-                dx_slice(x3[n, c], dy3[n, c], dx3[n, c], mu, 1.0, mean_dy, coef, scale)
+                dx_slice(sub2(x3, n, c), sub2(dy3, n, c), sub2(dx3, n, c), mu, 1.0, mean_dy, coef, scale)
             elif g3 is None:
-                dx_slice_inplace(x3[n, c], dx3[n, c], mu, 1.0, mean_dy, coef, scale)
+                dx_slice_inplace(sub2(x3, n, c), sub2(dx3, n, c), mu, 1.0, mean_dy, coef, scale)
             else:
-                dx_slice(x3[n, c], g3[n, c], dx3[n, c], mu, 1.0, mean_dy, coef, scale)
+                dx_slice(sub2(x3, n, c), sub2(g3, n, c), sub2(dx3, n, c), mu, 1.0, mean_dy, coef, scale)
 
 
 def _fused(layout, x3):

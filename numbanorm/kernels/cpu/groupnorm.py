@@ -42,6 +42,7 @@ from .elementwise import (
 from .moments import cols_range_moments, merge, merge_range, slice_moments
 from .params import param
 from .prefetch import prefetch_lines, prefetch_slice
+from .subarrays import sub, sub2
 from .sums import (
     cols_block_grad_sums,
     cols_block_grad_sums_relu,
@@ -77,11 +78,11 @@ def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_
     groups = weight.size // per_group
     for r in prange(n_blocks):
         if prefetch and r + 1 < n_blocks:
-            prefetch_slice(x2[r + 1], prefetch)
+            prefetch_slice(sub(x2, r + 1), prefetch)
             if r2 is not None:
-                prefetch_slice(r2[r + 1], prefetch)
-        xr = x2[r]
-        yr = y2[r]
+                prefetch_slice(sub(r2, r + 1), prefetch)
+        xr = sub(x2, r)
+        yr = sub(y2, r)
         _, mu, m2 = slice_moments(xr, block, max_ratio, True)
         var[r] = m2 / width
         inv = 1.0 / np.sqrt(var[r] + eps)
@@ -101,7 +102,7 @@ def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_
             elif r2 is None:
                 epilogue_slice_affine(xr, None, yr, hi, inv_x, shift_x, w, b, relu)
             else:
-                epilogue_slice_affine(xr, r2[r], yr, hi, inv_x, shift_x, w, b, relu)
+                epilogue_slice_affine(xr, sub(r2, r), yr, hi, inv_x, shift_x, w, b, relu)
             continue
         for j in range(per_group):
             scale = inv * weight[first + j]
@@ -113,7 +114,8 @@ def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_
             elif r2 is None:
                 epilogue_slice(xr[lo:lo + seg], None, yr[lo:lo + seg], hi, scale_x, shift_x, relu)
             else:
-                epilogue_slice(xr[lo:lo + seg], r2[r, lo:lo + seg], yr[lo:lo + seg], hi, scale_x, shift_x, relu)
+                epilogue_slice(xr[lo:lo + seg], sub(r2, r)[lo:lo + seg], yr[lo:lo + seg], hi, scale_x, shift_x,
+                               relu)
 
 
 @kernel
@@ -131,9 +133,9 @@ def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, use_input_s
     per_group = width // seg
     groups = weight.size // per_group
     for r in prange(n_blocks):
-        xr = x2[r]
-        dyr = dy2[r]
-        dxr = dx2[r]
+        xr = sub(x2, r)
+        dyr = sub(dy2, r)
+        dxr = sub(dx2, r)
         mu = mean[r]
         inv = rstd[r]
         first = (r % groups) * per_group
@@ -143,11 +145,13 @@ def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, use_input_s
             s_dy[r] = 0.0
             s_dyx[r] = 0.0
             if y2 is None:
-                s_g, s_gx = slice_weighted_grad_sums(xr, dyr, w, mu, 1.0, s_dyx[r], s_dy[r])
+                s_g, s_gx = slice_weighted_grad_sums(xr, dyr, w, mu, 1.0, sub(s_dyx, r), sub(s_dy, r))
             elif g2 is None:
-                s_g, s_gx = slice_weighted_grad_sums_relu(xr, dyr, y2[r], dxr, w, mu, 1.0, s_dyx[r], s_dy[r])
+                s_g, s_gx = slice_weighted_grad_sums_relu(xr, dyr, sub(y2, r), dxr, w, mu, 1.0, sub(s_dyx, r),
+                                                          sub(s_dy, r))
             else:
-                s_g, s_gx = slice_weighted_grad_sums_relu(xr, dyr, y2[r], g2[r], w, mu, 1.0, s_dyx[r], s_dy[r])
+                s_g, s_gx = slice_weighted_grad_sums_relu(xr, dyr, sub(y2, r), sub(g2, r), w, mu, 1.0, sub(s_dyx, r),
+                                                          sub(s_dy, r))
             b = s_g / width if use_input_stats else 0.0
             c = inv * inv * s_gx / width if use_input_stats else 0.0
             if y2 is None:
@@ -155,7 +159,7 @@ def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, use_input_s
             elif g2 is None:
                 dx_slice_affine_inplace(xr, dxr, mu, w, b, c, inv)
             else:
-                dx_slice_affine(xr, g2[r], dxr, mu, w, b, c, inv)
+                dx_slice_affine(xr, sub(g2, r), dxr, mu, w, b, c, inv)
             continue
         s_g = 0.0
         s_gx = 0.0
@@ -164,11 +168,11 @@ def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, use_input_s
             if y2 is None:
                 a, b = slice_grad_sums(xr[lo:lo + seg], dyr[lo:lo + seg], mu)
             elif g2 is None:
-                a, b = slice_grad_sums_relu(xr[lo:lo + seg], dyr[lo:lo + seg], y2[r, lo:lo + seg],
+                a, b = slice_grad_sums_relu(xr[lo:lo + seg], dyr[lo:lo + seg], sub(y2, r)[lo:lo + seg],
                                             dxr[lo:lo + seg], mu)
             else:
-                a, b = slice_grad_sums_relu(xr[lo:lo + seg], dyr[lo:lo + seg], y2[r, lo:lo + seg],
-                                            g2[r, lo:lo + seg], mu)
+                a, b = slice_grad_sums_relu(xr[lo:lo + seg], dyr[lo:lo + seg], sub(y2, r)[lo:lo + seg],
+                                            sub(g2, r)[lo:lo + seg], mu)
             s_dy[r, j] = a
             s_dyx[r, j] = b
             s_g += weight[first + j] * a
@@ -182,7 +186,8 @@ def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, use_input_s
             elif g2 is None:
                 dx_slice_inplace(xr[lo:lo + seg], dxr[lo:lo + seg], mu, weight[first + j], b, c, inv)
             else:
-                dx_slice(xr[lo:lo + seg], g2[r, lo:lo + seg], dxr[lo:lo + seg], mu, weight[first + j], b, c, inv)
+                dx_slice(xr[lo:lo + seg], sub(g2, r)[lo:lo + seg], dxr[lo:lo + seg], mu, weight[first + j], b, c,
+                         inv)
 
 
 def group_moments(layout, x3, groups):
@@ -224,12 +229,12 @@ def planes_forward(x3, y3, groups, weight, bias, eps, max_ratio, planes_per_item
     per_group = n_ch // groups
     n_items = -(-n_planes // planes_per_item)
     for item in prange(n_items):
-        col = cols[item]
+        col = sub(cols, item)
         for n in range(item * planes_per_item, min((item + 1) * planes_per_item, n_planes)):
-            xp = x3[n]
-            count = cols_range_moments(xp, col[0], col[1], col[2:], max_ratio)
+            xp = sub(x3, n)
+            count = cols_range_moments(xp, sub(col, 0), sub(col, 1), col[2:], max_ratio)
             for g in range(groups):
-                total, mu, m2 = merge_range(count, col[0], col[1], g * per_group, (g + 1) * per_group)
+                total, mu, m2 = merge_range(count, sub(col, 0), sub(col, 1), g * per_group, (g + 1) * per_group)
                 v = m2 / total
                 inv = 1.0 / np.sqrt(v + eps)
                 mean[n, g] = mu
@@ -238,11 +243,13 @@ def planes_forward(x3, y3, groups, weight, bias, eps, max_ratio, planes_per_item
                 for c in range(g * per_group, (g + 1) * per_group):
                     store_affine(params, n, c, mu, inv * weight[c], bias[c])
             if relu is None:
-                normalize_cols(xp, y3[n], params[0, n], params[1, n], params[2, n])
+                normalize_cols(xp, sub(y3, n), sub2(params, 0, n), sub2(params, 1, n), sub2(params, 2, n))
             elif r3 is None:
-                epilogue_cols(xp, None, y3[n], params[0, n], params[1, n], params[2, n], relu)
+                epilogue_cols(xp, None, sub(y3, n), sub2(params, 0, n), sub2(params, 1, n), sub2(params, 2, n),
+                              relu)
             else:
-                epilogue_cols(xp, r3[n], y3[n], params[0, n], params[1, n], params[2, n], relu)
+                epilogue_cols(xp, sub(r3, n), sub(y3, n), sub2(params, 0, n), sub2(params, 1, n),
+                              sub2(params, 2, n), relu)
 
 
 @kernel
@@ -262,18 +269,20 @@ def planes_backward(x3, dy3, dx3, weight, mean, rstd, use_input_stats, planes_pe
     width = n_rows * per_group
     n_items = -(-n_planes // planes_per_item)
     for item in prange(n_items):
-        col_mean = cols[item]
+        col_mean = sub(cols, item)
         for n in range(item * planes_per_item, min((item + 1) * planes_per_item, n_planes)):
             for c in range(n_ch):
                 col_mean[c] = mean[n, c // per_group]
             s_dy[n] = 0.0
             s_dyx[n] = 0.0
             if y3 is None:
-                cols_block_grad_sums(x3[n], dy3[n], col_mean, s_dy[n], s_dyx[n])
+                cols_block_grad_sums(sub(x3, n), sub(dy3, n), col_mean, sub(s_dy, n), sub(s_dyx, n))
             elif g3 is None:
-                cols_block_grad_sums_relu(x3[n], dy3[n], y3[n], dx3[n], col_mean, s_dy[n], s_dyx[n])
+                cols_block_grad_sums_relu(sub(x3, n), sub(dy3, n), sub(y3, n), sub(dx3, n), col_mean, sub(s_dy, n),
+                                          sub(s_dyx, n))
             else:
-                cols_block_grad_sums_relu(x3[n], dy3[n], y3[n], g3[n], col_mean, s_dy[n], s_dyx[n])
+                cols_block_grad_sums_relu(sub(x3, n), sub(dy3, n), sub(y3, n), sub(g3, n), col_mean, sub(s_dy, n),
+                                          sub(s_dyx, n))
             for g in range(groups):
                 inv = rstd[n, g]
                 s_g = 0.0
@@ -289,13 +298,14 @@ def planes_backward(x3, dy3, dx3, weight, mean, rstd, use_input_stats, planes_pe
                     params[2, n, c] = b
                     params[3, n, c] = cc
                     params[4, n, c] = inv
-            q0, q1, q2, q3, q4 = params[0, n], params[1, n], params[2, n], params[3, n], params[4, n]
+            q0, q1, q2 = sub2(params, 0, n), sub2(params, 1, n), sub2(params, 2, n)
+            q3, q4 = sub2(params, 3, n), sub2(params, 4, n)
             if y3 is None:
-                dx_cols(x3[n], dy3[n], dx3[n], q0, q1, q2, q3, q4)
+                dx_cols(sub(x3, n), sub(dy3, n), sub(dx3, n), q0, q1, q2, q3, q4)
             elif g3 is None:
-                dx_cols_inplace(x3[n], dx3[n], q0, q1, q2, q3, q4)
+                dx_cols_inplace(sub(x3, n), sub(dx3, n), q0, q1, q2, q3, q4)
             else:
-                dx_cols(x3[n], g3[n], dx3[n], q0, q1, q2, q3, q4)
+                dx_cols(sub(x3, n), sub(g3, n), sub(dx3, n), q0, q1, q2, q3, q4)
 
 
 def _planes_per_item(n_planes):

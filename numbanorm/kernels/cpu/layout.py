@@ -45,8 +45,9 @@ def _channels_first(x):
 def channel_view(x, rows_2d=False):
     """Return ``(layout, x3)`` for an (N, C, *spatial) array, copying only odd strides.
 
-    (N, C) input is a channels-last problem with S = 1 (channels are the fast axis),
-    unless ``rows_2d``: then it is ``("cf", (N, C, 1))``, for statistics per sample.
+    (N, C) input, and contiguous input with S = 1, is a channels-last problem (channels
+    are the fast axis), unless ``rows_2d``: then it is ``("cf", (N, C, 1))``, for
+    statistics per sample.
     """
     if x.ndim == 2:
         n, c = x.shape
@@ -55,6 +56,8 @@ def channel_view(x, rows_2d=False):
     n, c = x.shape[:2]
     s = math.prod(x.shape[2:])
     if x.flags.c_contiguous:
+        if s == 1 and not rows_2d:  # (N, C, 1, ...) is the (N, C) matrix: channels are its fast axis
+            return "cl", x.reshape(n, 1, c)
         return "cf", x.reshape(n, c, s)
     last = _channels_last(x)
     if last.flags.c_contiguous:

@@ -336,7 +336,7 @@ def cols_welford(x2, mean, m2, tmp):
             mean_b[c], m2_b[c] = nu, p
     # The last rows % 8 rows continue the second stream.
     for i in range(2 * half, rows):
-        r0 = x2[i]
+        r0 = sub(x2, i)
         f0 = 1.0 / (i - half + 1)
         for c in range(cols):
             mean_b[c], m2_b[c] = welford_step(r0[c], mean_b[c], m2_b[c], f0)
@@ -382,7 +382,7 @@ def cols_shifted_sums(x2, k, s1, s2):
             s1[c] += ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7))
             s2[c] += ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)) + ((d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7))
     for i in range(8 * q, rows):
-        r = x2[i]
+        r = sub(x2, i)
         for c in range(k.size):
             d = np.float64(r[c]) - k[c]
             s1[c] += d
@@ -424,8 +424,8 @@ def rows_moments(x2, block, max_ratio, mean, m2, prefetch):
     rows = x2.shape[0]
     for r in prange(rows):
         if prefetch and r + 1 < rows:
-            prefetch_slice(x2[r + 1], prefetch)
-        _, mean[r], m2[r] = slice_moments(x2[r], block, max_ratio, True)
+            prefetch_slice(sub(x2, r + 1), prefetch)
+        _, mean[r], m2[r] = slice_moments(sub(x2, r), block, max_ratio, True)
 
 
 @reduce_helper

@@ -16,6 +16,7 @@ from numba import prange
 from ... import _memory
 from ._jit import cast_like, kernel, reduce_helper
 from .moments import _plan_chunks
+from .subarrays import sub2
 
 __all__ = [
     "slice_grad_sums",
@@ -51,8 +52,8 @@ def strided_grad_sums(x3, dy3, c, mean):
     s_dy = 0.0
     s_dyx = 0.0
     for i in range(n):
-        xr = x3[i, c]
-        gr = dy3[i, c]
+        xr = sub2(x3, i, c)
+        gr = sub2(dy3, i, c)
         for j in range(length):
             g = np.float64(gr[j])
             s_dy += g
