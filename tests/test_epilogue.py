@@ -172,6 +172,7 @@ def path(request, monkeypatch):
     moment blocks and column chunks."""
     if request.param in ("parallel-planes", "parallel-split"):
         monkeypatch.setattr(config, "SMALL_PLANE", 1)
+        monkeypatch.setattr(config, "WIDE_PLANE", 1)
     for name in ("PARALLEL_MIN_ELEMENTS", "ROWS_PARALLEL_MIN_ELEMENTS"):
         if request.param == "serial":
             monkeypatch.setattr(config, name, 1 << 40)

@@ -73,6 +73,7 @@ def test_instance_norm_paths(path, shape, layout):
 @pytest.mark.parametrize("comm", [None, LocalCommunicator()], ids=["fused", "split"])
 def test_batch_norm_paths(path, shape, layout, small_plane, comm, monkeypatch):
     monkeypatch.setattr(config, "SMALL_PLANE", small_plane)
+    monkeypatch.setattr(config, "WIDE_PLANE", small_plane)  # serial small planes as (N, C*S) rows
     x, dy, w, b = _data(shape, layout, seed=2)
     y, mean, invstd = F.batch_norm(x, None, None, w, b, training=True, return_stats=True, comm=comm)
     ry, rmean, rinvstd, _, _ = ref.batch_norm(x, None, None, w, b, training=True)

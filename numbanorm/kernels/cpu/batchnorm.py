@@ -12,13 +12,13 @@ for its statistics and read again for its output while they are still in cache, 
 comes from memory once (the two-pass path reads it twice). Same arithmetic in the same
 order as the split drivers.
 
-Small planes (S under ``config.SMALL_PLANE``: a ResNet's 7x7 and 4x4 stages) would make
-every pass a loop of short rows, each too short to vectorize and ending in a merge: such
-input, when it runs serially, runs as a channels-last problem instead, the (N, C*S) rows read whole with one
-lane per (channel, position) column, and each channel's S columns merged at the end. In
-parallel (over channels) a channel's statistics come from two plain passes over its N
-short planes (:func:`~numbanorm.kernels.cpu.moments.strided_moments`), with no
-per-plane merge.
+Small planes (S under ``config.SMALL_PLANE``: a ResNet's 7x7 and 4x4 stages) would end
+every plane in a merge: a channel's statistics come from two plain passes over its N
+short planes (:func:`~numbanorm.kernels.cpu.moments.strided_moments`), with no per-plane
+merge. Tiny planes (S under ``config.WIDE_PLANE``: 4x4, 3x3) would also make every pass
+a loop of rows too short to vectorize: such input, when it runs serially, is normalized
+as a channels-last problem instead, the (N, C*S) rows read whole with one lane per
+(channel, position) column.
 
 The fused epilogue: the forward drivers take ``residual`` (a view like x3, or None) and
 ``relu`` and apply them as y is written; the backward drivers take the forward's output
@@ -63,10 +63,10 @@ def _parallel(x3):
 
 
 def _wide(layout, x3):
-    """Contiguous (N, C, S) input with small planes, run serially, as ``("cl", (N, 1, C*S))``,
+    """Contiguous (N, C, S) input with tiny planes, run serially, as ``("cl", (N, 1, C*S))``,
     and S; else (None, 1). (A parallel run splits channels over threads instead: the wide
     view's few long rows leave nothing to split.)"""
-    if layout == "cf" and 1 < x3.shape[2] < config.SMALL_PLANE and not _parallel(x3):
+    if layout == "cf" and 1 < x3.shape[2] < config.WIDE_PLANE and not _parallel(x3):
         n, c, s = x3.shape
         return x3.reshape(n, 1, c * s), s
     return None, 1
