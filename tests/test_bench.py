@@ -888,7 +888,7 @@ def asv_modules():
     path = os.path.join(ROOT, "asv_benchmarks")
     sys.path.insert(0, path)
     try:
-        names = ["batchnorm", "layernorm", "rmsnorm", "groupnorm", "instancenorm", "epilogue"]
+        names = ["batchnorm", "layernorm", "rmsnorm", "groupnorm", "instancenorm", "epilogue", "small"]
         yield {n: importlib.import_module(f"benchmarks.{n}") for n in names}
     finally:
         sys.path.remove(path)
@@ -993,6 +993,21 @@ def test_asv_benchmarks_run_on_a_small_row(asv_modules):
             assert vs_ort == row["vs_ort"] > 0
         else:
             assert math.isnan(vs_ort)
+
+
+def test_asv_small_shapes_run_every_pass(asv_modules):
+    small = asv_modules["small"]
+    assert small.SmallShapes.params == [list(small.CASES), list(bench.PASSES)]
+    for case, (op, _, shape) in small.CASES.items():
+        for pass_ in bench.PASSES:
+            b = small.SmallShapes()
+            b.setup(case, pass_)
+            assert type(b.layer).__name__ == op and b.layer.training == (pass_ != "eval_forward")
+            b.time_pass(case, pass_)
+            y = b.layer(b.x)
+            assert y.shape == shape and np.isfinite(y).all()
+            if pass_ == "train_step":
+                assert np.isfinite(b.layer.backward(b.dy)).all()
 
 
 def test_asv_ratios_are_the_measured_rows(asv_modules, monkeypatch):
