@@ -1,9 +1,8 @@
 """Small inputs in cache: a CNN's late stages, a diffusion UNet's lowest resolution, small batches.
 
 There the Python call path and the loops over short planes and rows decide the time,
-which the canonical rows (tens of MB, out of cache) do not show: a BatchNorm2d
-(4, 16, 14, 14) training forward once took 20x longer than it does now. Each call reads
-the same input (the state of a layer whose input was just produced), numbanorm alone.
+which the canonical rows (tens of MB, out of cache) do not show. Each call reads the same
+input (the state of a layer whose input was just produced), numbanorm alone.
 """
 
 import numpy as np
