@@ -70,7 +70,7 @@ class Kernel:
         return config.PARALLEL and size >= getattr(config, self.threshold)
 
     def __call__(self, size, *args):
-        if config.PARALLEL and size >= getattr(config, self.threshold):  # runs_parallel, without its call
+        if self.runs_parallel(size):
             return self.parallel(*args)
         return self.serial(*args)
 

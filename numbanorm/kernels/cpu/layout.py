@@ -116,8 +116,6 @@ class Output:
         view = None if out is None else match_layout(layout, x3, out)
         if view is not None:
             self.view, self._array = view, out
-        elif layout == "cf" and x3.shape == x.shape:  # the output is its own kernel view
-            self.view = self._array = _memory.empty(x3.shape, x3.dtype, x3.size)
         else:
             self.view, self._array = new_output(layout, x3, x.shape)
 
