@@ -270,7 +270,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
             residual = _residual(be, x, residual)
             v.check_out(out, x, residual)
         layout, x3 = be.layout.channel_view(x)
-        r3 = None if residual is None else _like(be, layout, x3, residual, x.dtype)
+        r3 = _like(be, layout, x3, residual, x.dtype)
         if exchange is not None:
             local = be.batchnorm.moments(layout, x3) if x.size else (0.0, np.zeros(c), np.zeros(c))
             exchange.share(tuple(be.arrays.to_host(a) if i else a for i, a in enumerate(local)))
