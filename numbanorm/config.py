@@ -49,6 +49,12 @@ FASTMATH_ELEMENTWISE = frozenset({"contract", "nsz", "arcp"})
 #: Flags for the dx loops: no ``contract`` either (the bracket ``a*dy - mean(a*dy)`` cancels exactly).
 FASTMATH_DX = frozenset({"nsz", "arcp"})
 
+#: Numba's error model for every kernel and helper. ``"numpy"``: a float division by zero
+#: gives inf or NaN as in NumPy, with no test before each division; Numba's default
+#: ``"python"`` raises ZeroDivisionError instead, and that branch keeps a loop with a
+#: division (``rstd = 1 / sqrt(m2 / count + eps)`` per channel) from vectorizing.
+ERROR_MODEL = os.environ.get("NUMBANORM_ERROR_MODEL", "numpy")
+
 #: Cache compiled kernels on disk (first call after a warm cache is fast).
 CACHE = _env_bool("NUMBANORM_CACHE", True)
 #: Use multi-threaded kernels for large inputs.

@@ -33,6 +33,30 @@ def test_every_dispatcher_uses_configured_flags():
         assert flag_set in allowed, (d.py_func.__qualname__, flag_set)
         assert not flag_set & FORBIDDEN, d.py_func.__qualname__
         assert (type(d._cache).__name__ != "NullCache") == config.CACHE, d.py_func.__qualname__
+        assert d.targetoptions["error_model"] == config.ERROR_MODEL, d.py_func.__qualname__
+
+
+def test_division_by_zero_follows_numpy_in_kernels():
+    # The "numpy" error model: no ZeroDivisionError test before a division (it kept the
+    # per-channel loops from vectorizing); a zero count gives inf/NaN as NumPy would.
+    assert config.ERROR_MODEL == "numpy"
+    c = 19  # a vector loop and a remainder
+    mean, m2 = np.zeros(c), np.ones(c)
+    m2[3] = 0.0
+    q = np.empty((3, 1, c), np.float32)
+    var, rstd = np.empty(c), np.empty(c)
+    E.pack_stats(mean, m2, 0.0, 0.0, np.ones(c), np.zeros(c), q, var, rstd)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = m2 / 0.0
+    np.testing.assert_array_equal(var, expected)
+    assert np.isnan(var[3]) and np.isinf(var[0])
+    np.testing.assert_array_equal(rstd[var == np.inf], 0.0)
+    # and NumPy's float64 values where the count is not zero (to the rounding that ``arcp``,
+    # a multiply by the reciprocal count, allows)
+    m2 = np.random.default_rng(1).random(c) + 0.5
+    E.pack_stats(mean, m2, 3.0, 1e-5, np.ones(c), np.zeros(c), q, var, rstd)
+    np.testing.assert_allclose(var, m2 / 3.0, rtol=4e-16, atol=0)
+    np.testing.assert_allclose(rstd, 1.0 / np.sqrt(m2 / 3.0 + 1e-5), rtol=1e-15, atol=0)
 
 
 def test_configured_sets_never_drop_nan_checks():

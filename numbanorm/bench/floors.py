@@ -31,7 +31,9 @@ Probes:
 
 The ``channel`` probes and the ``rows`` forward prefetch the next plane or row as they
 start on one, as numbanorm's passes of those shapes do (``config.PREFETCH``,
-:mod:`numbanorm.kernels.cpu.prefetch`): a floor that left it out would not be one.
+:mod:`numbanorm.kernels.cpu.prefetch`): a floor that left it out would not be one. For the
+same reason every probe takes its rows and planes as numbanorm's kernels do, as views
+without reference counting (:mod:`numbanorm.kernels.cpu.subarrays`).
 
 Eval passes (the copy is their floor) and fused-epilogue rows have no probe.
 """
@@ -59,6 +61,7 @@ def _kernels():
     from numba import prange
 
     from ..kernels.cpu.prefetch import prefetch_slice
+    from ..kernels.cpu.subarrays import sub, sub2
 
     jit = numba.njit(parallel=True, fastmath=set(config.FASTMATH_REDUCE), cache=config.CACHE)
 
@@ -69,16 +72,16 @@ def _kernels():
             acc = const[0]
             for i in range(n):
                 if lines and i + 1 < n:
-                    prefetch_slice(x3[i + 1, j], lines)
-                row = x3[i, j]
+                    prefetch_slice(sub2(x3, i + 1, j), lines)
+                row = sub2(x3, i, j)
                 for t in range(s):
                     acc += row[t]
             a = const[1] / (acc + const[2])
             if lines and j + 1 < c:
-                prefetch_slice(x3[0, j + 1], lines)
+                prefetch_slice(sub2(x3, 0, j + 1), lines)
             for i in range(n):
-                row = x3[i, j]
-                out = y3[i, j]
+                row = sub2(x3, i, j)
+                out = sub2(y3, i, j)
                 for t in range(s):
                     out[t] = row[t] * a + a
 
@@ -90,22 +93,22 @@ def _kernels():
             s2 = const[0]
             for i in range(n):
                 if lines and i + 1 < n:
-                    prefetch_slice(x3[i + 1, j], lines)
-                    prefetch_slice(g3[i + 1, j], lines)
-                row = x3[i, j]
-                g = g3[i, j]
+                    prefetch_slice(sub2(x3, i + 1, j), lines)
+                    prefetch_slice(sub2(g3, i + 1, j), lines)
+                row = sub2(x3, i, j)
+                g = sub2(g3, i, j)
                 for t in range(s):
                     s1 += g[t]
                     s2 += g[t] * row[t]
             a = const[1] / (s1 + const[2])
             b = s2 * a
             if lines and j + 1 < c:
-                prefetch_slice(x3[0, j + 1], lines)
-                prefetch_slice(g3[0, j + 1], lines)
+                prefetch_slice(sub2(x3, 0, j + 1), lines)
+                prefetch_slice(sub2(g3, 0, j + 1), lines)
             for i in range(n):
-                row = x3[i, j]
-                g = g3[i, j]
-                out = d3[i, j]
+                row = sub2(x3, i, j)
+                g = sub2(g3, i, j)
+                out = sub2(d3, i, j)
                 for t in range(s):
                     out[t] = g[t] * a - row[t] * b + a
 
@@ -114,9 +117,9 @@ def _kernels():
         rows = x2.shape[0]
         for r in prange(rows):
             if lines and r + 1 < rows:
-                prefetch_slice(x2[r + 1], lines)
-            row = x2[r]
-            out = y2[r]
+                prefetch_slice(sub(x2, r + 1), lines)
+            row = sub(x2, r)
+            out = sub(y2, r)
             acc = const[0]
             for t in range(row.size):
                 acc += row[t]
@@ -130,12 +133,12 @@ def _kernels():
         items = wgrad.shape[0]
         per = -(-rows // items)
         for k in prange(items):
-            acc = wgrad[k]
+            acc = sub(wgrad, k)
             acc[:] = 0
             for r in range(k * per, min(rows, (k + 1) * per)):
-                row = x2[r]
-                g = g2[r]
-                out = d2[r]
+                row = sub(x2, r)
+                g = sub(g2, r)
+                out = sub(d2, r)
                 s1 = const[0]
                 s2 = const[0]
                 if per_element:
@@ -159,15 +162,15 @@ def _kernels():
         items = part.shape[0]
         per = -(-rows // items)
         for k in prange(items):
-            acc = part[k]
+            acc = sub(part, k)
             acc[:] = 0
             for i in range(k * per, min(rows, (k + 1) * per)):
-                row = x2[i]
+                row = sub(x2, i)
                 if g2 is None:
                     for j in range(c):
                         acc[0, j] += row[j]
                 else:
-                    g = g2[i]
+                    g = sub(g2, i)
                     for j in range(c):
                         acc[0, j] += g[j]
                         acc[1, j] += g[j] * row[j]
@@ -175,13 +178,13 @@ def _kernels():
     @jit
     def columns_apply(x2, g2, y2, a, b):
         for i in prange(x2.shape[0]):
-            row = x2[i]
-            out = y2[i]
+            row = sub(x2, i)
+            out = sub(y2, i)
             if g2 is None:
                 for j in range(row.size):
                     out[j] = row[j] * a[j] + b[j]
             else:
-                g = g2[i]
+                g = sub(g2, i)
                 for j in range(row.size):
                     out[j] = g[j] * a[j] - row[j] * b[j] + a[j]
 
@@ -189,19 +192,19 @@ def _kernels():
     def planes_forward(x3, y3, acc, const):
         n, s, c = x3.shape
         for i in prange(n):
-            plane = x3[i]
-            out = y3[i]
-            sums = acc[i]
+            plane = sub(x3, i)
+            out = sub(y3, i)
+            sums = sub(acc, i)
             sums[:] = 0
             for t in range(s):
-                row = plane[t]
+                row = sub(plane, t)
                 for j in range(c):
                     sums[j] += row[j]
             for j in range(c):
                 sums[j] = const[1] / (sums[j] + const[2])
             for t in range(s):
-                row = plane[t]
-                o = out[t]
+                row = sub(plane, t)
+                o = sub(out, t)
                 for j in range(c):
                     o[j] = row[j] * sums[j] + sums[j]
 
@@ -209,16 +212,16 @@ def _kernels():
     def planes_backward(x3, g3, d3, acc, const):
         n, s, c = x3.shape
         for i in prange(n):
-            plane = x3[i]
-            gp = g3[i]
-            out = d3[i]
-            s1 = acc[i]
-            s2 = acc[n + i]
+            plane = sub(x3, i)
+            gp = sub(g3, i)
+            out = sub(d3, i)
+            s1 = sub(acc, i)
+            s2 = sub(acc, n + i)
             s1[:] = 0
             s2[:] = 0
             for t in range(s):
-                row = plane[t]
-                g = gp[t]
+                row = sub(plane, t)
+                g = sub(gp, t)
                 for j in range(c):
                     s1[j] += g[j]
                     s2[j] += g[j] * row[j]
@@ -226,9 +229,9 @@ def _kernels():
                 s1[j] = const[1] / (s1[j] + const[2])
                 s2[j] = s2[j] * s1[j]
             for t in range(s):
-                row = plane[t]
-                g = gp[t]
-                o = out[t]
+                row = sub(plane, t)
+                g = sub(gp, t)
+                o = sub(out, t)
                 for j in range(c):
                     o[j] = g[j] * s1[j] - row[j] * s2[j] + s1[j]
 

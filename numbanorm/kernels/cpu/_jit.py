@@ -23,7 +23,8 @@ def _register(dispatcher, flags):
 def _helper(flag_set, doc, **options):
     def compile_helper(func):
         flags = set(flag_set)
-        return _register(numba.njit(fastmath=flags, cache=config.CACHE, nogil=True, **options)(func), flags)
+        opts = dict(fastmath=flags, cache=config.CACHE, nogil=True, error_model=config.ERROR_MODEL, **options)
+        return _register(numba.njit(**opts)(func), flags)
 
     compile_helper.__doc__ = doc
     return compile_helper
@@ -56,7 +57,7 @@ class Kernel:
 
     def __init__(self, func, threshold="PARALLEL_MIN_ELEMENTS"):
         flags = set(config.FASTMATH_ELEMENTWISE)
-        opts = dict(fastmath=flags, cache=config.CACHE, nogil=True)
+        opts = dict(fastmath=flags, cache=config.CACHE, nogil=True, error_model=config.ERROR_MODEL)
         getattr(config, threshold)  # a misspelt name fails here, not on a first call
         self.threshold = threshold
         self.py_func = func
