@@ -6,8 +6,8 @@ import argparse
 import gc
 import sys
 
+from . import floors, probes, report
 from . import pool as pool_mod
-from . import probes, report
 from .cases import (
     FUSED_OPS,
     PASSES,
@@ -22,6 +22,12 @@ from .peers import BENCH_EXTRA_HINT
 from .timing import STATS, measure
 
 __all__ = ["main"]
+
+#: What the floor column measures, per ``--floor`` kind (the header's note).
+_FLOOR_NOTE = {
+    "traffic": "the pass's traffic alone",
+    "float64": "the pass's traffic with float64 shifted sums",
+}
 
 _STAT_NOTE = {
     "paired": "median of {repeat} repeats, ratios = median of the per-repeat ratios",
@@ -76,10 +82,11 @@ def _parser():
                    "(default 0.1, 0.02 with --quick)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch (columns n/a)")
     p.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime (columns n/a)")
-    p.add_argument("--floor", action="store_true",
-                   help="also time each training pass's traffic floor: a minimal kernel that reads and "
-                   "writes what the pass must, in the same groups (columns floor, floors = numbanorm/floor; "
-                   "see numbanorm.bench.floors)")
+    p.add_argument("--floor", nargs="?", const="traffic", default=None, choices=floors.STATS,
+                   help="also time each training pass's floor: a minimal kernel that reads and writes what "
+                   "the pass must, in the same groups (columns floor, floors = numbanorm/floor; see "
+                   "numbanorm.bench.floors); 'traffic' (the default) sums in x's dtype, 'float64' takes the "
+                   "float64 shifted sums that numbanorm's statistics cannot do without")
     p.add_argument("--stat", choices=STATS, default="paired",
                    help="statistic over the repeats: 'paired' (default) gives median times "
                    "and ratios that are medians of per-repeat ratios; 'median' and 'min' "
@@ -280,7 +287,7 @@ def main(argv=None, *, cases=None, out=None):
               f"{_STAT_NOTE[args.stat].format(repeat=repeat)}; vs torch = torch/numbanorm, "
               "vs ort = onnxruntime/numbanorm (>1: numbanorm faster; ort: eval forward only); "
               "copies = numbanorm/copy"
-              + ("; floors = numbanorm/floor (the pass's traffic alone, training passes)"
+              + (f"; floors = numbanorm/floor ({_FLOOR_NOTE[args.floor]}, training passes)"
                  if any(r["floor_s"] is not None for r in rows) else ""))
     if any(r["op"] in FUSED_OPS for r in rows):
         header += ("\nfused-epilogue rows (op with add): numbanorm = the fused call, unfused = "
@@ -296,7 +303,7 @@ def main(argv=None, *, cases=None, out=None):
         print("\n" + notes, file=out)
     if args.json:
         meta = dict(info, repeat=repeat, min_time=min_time, stat=args.stat, busy=busy,
-                    quick=args.quick)
+                    quick=args.quick, floor=args.floor)
         report.write_json(args.json, meta, rows)
     if args.plot:
         mode = "hot" if args.hot else "out of cache"

@@ -16,6 +16,19 @@ It is not a normalization (no float64 accumulation, no stability work, no parame
 ``numbanorm / floor`` is what numbanorm's arithmetic costs over the traffic, and
 ``floor / copy`` what the traffic costs over one read and one write.
 
+With ``stats="float64"`` (``bench --floor float64``) the probes take the sums that a pass
+meeting the spec's accuracy cannot do without, in float64: per group, with ``k`` its first
+value, ``sum(x - k)`` and ``sum((x - k)**2)`` (backward: ``sum(dy)`` and
+``sum(dy * (x - k))``; the weight-gradient rows in float64), then the same
+``y = x * a + a`` with ``a`` rounded to x's dtype. That is the floor of a float64-statistics
+pass: on a CPU where converting and accumulating float64 costs more than the memory
+traffic hides, it lies above the traffic floor, and ``numbanorm / floor`` is then what
+numbanorm does beyond those sums (block checks, the hi/lo mean, parameters). Only the
+``channel`` and ``rows`` probes have this variant: their sums stay in registers. A column
+probe's float64 sums would need numbanorm's own multi-row sweeps to be a floor at all
+(one row at a time, their loads and stores of C accumulators per value ran slower than
+numbanorm), so ``columns`` and ``planes`` rows get no float64 floor.
+
 Probes:
 
 * ``channel``: BatchNorm on contiguous (N, C, S) input: per channel, its N planes
@@ -47,36 +60,60 @@ import numpy as np
 from .. import config
 from .._memory import empty
 
-__all__ = ["floor_kind", "floor_runner"]
+__all__ = ["STATS", "floor_kind", "floor_runner"]
+
+#: The probes' statistics: ``"traffic"`` (float sums in x's dtype, the least arithmetic: the
+#: traffic floor) or ``"float64"`` (float64 shifted sums, the floor of a conforming pass).
+STATS = ("traffic", "float64")
+#: The probes with a float64 variant: those whose groups are contiguous, summed in registers.
+FLOAT64_KINDS = ("channel", "rows")
 
 _KERNELS = None
 
 
 def _kernels():
-    """Compile the probes on first use (Numba is imported here, not with the package)."""
+    """Compile the probes on first use (Numba is imported here, not with the package).
+
+    The ``channel`` and ``rows`` probes take ``f64``: None for the traffic floor's float
+    sums in x's dtype, or True for float64 shifted sums (a different type: Numba compiles
+    each variant apart and drops the other's branch).
+    """
     global _KERNELS
     if _KERNELS is not None:
         return _KERNELS
     import numba
     from numba import prange
 
+    from ..kernels.cpu._jit import cast_like
     from ..kernels.cpu.prefetch import prefetch_slice
     from ..kernels.cpu.subarrays import sub, sub2
 
     jit = numba.njit(parallel=True, fastmath=set(config.FASTMATH_REDUCE), cache=config.CACHE)
 
     @jit
-    def channel_forward(x3, y3, const, lines):
+    def channel_forward(x3, y3, const, lines, f64):
         n, c, s = x3.shape
         for j in prange(c):
             acc = const[0]
+            s1 = 0.0
+            s2 = 0.0
+            k = np.float64(x3[0, j, 0])
             for i in range(n):
                 if lines and i + 1 < n:
                     prefetch_slice(sub2(x3, i + 1, j), lines)
                 row = sub2(x3, i, j)
-                for t in range(s):
-                    acc += row[t]
-            a = const[1] / (acc + const[2])
+                if f64 is None:
+                    for t in range(s):
+                        acc += row[t]
+                else:
+                    for t in range(s):
+                        d = np.float64(row[t]) - k
+                        s1 += d
+                        s2 += d * d
+            if f64 is None:
+                a = const[1] / (acc + const[2])
+            else:
+                a = cast_like(const[1] / (s1 + s2 + const[2]), x3)
             if lines and j + 1 < c:
                 prefetch_slice(sub2(x3, 0, j + 1), lines)
             for i in range(n):
@@ -86,22 +123,36 @@ def _kernels():
                     out[t] = row[t] * a + a
 
     @jit
-    def channel_backward(x3, g3, d3, const, lines):
+    def channel_backward(x3, g3, d3, const, lines, f64):
         n, c, s = x3.shape
         for j in prange(c):
             s1 = const[0]
             s2 = const[0]
+            u1 = 0.0
+            u2 = 0.0
+            k = np.float64(x3[0, j, 0])
             for i in range(n):
                 if lines and i + 1 < n:
                     prefetch_slice(sub2(x3, i + 1, j), lines)
                     prefetch_slice(sub2(g3, i + 1, j), lines)
                 row = sub2(x3, i, j)
                 g = sub2(g3, i, j)
-                for t in range(s):
-                    s1 += g[t]
-                    s2 += g[t] * row[t]
-            a = const[1] / (s1 + const[2])
-            b = s2 * a
+                if f64 is None:
+                    for t in range(s):
+                        s1 += g[t]
+                        s2 += g[t] * row[t]
+                else:
+                    for t in range(s):
+                        gv = np.float64(g[t])
+                        u1 += gv
+                        u2 += gv * (np.float64(row[t]) - k)
+            if f64 is None:
+                a = const[1] / (s1 + const[2])
+                b = s2 * a
+            else:
+                a64 = const[1] / (u1 + const[2])
+                a = cast_like(a64, x3)
+                b = cast_like(u2 * a64, x3)
             if lines and j + 1 < c:
                 prefetch_slice(sub2(x3, 0, j + 1), lines)
                 prefetch_slice(sub2(g3, 0, j + 1), lines)
@@ -113,22 +164,32 @@ def _kernels():
                     out[t] = g[t] * a - row[t] * b + a
 
     @jit
-    def rows_forward(x2, y2, const, lines):
+    def rows_forward(x2, y2, const, lines, f64):
         rows = x2.shape[0]
         for r in prange(rows):
             if lines and r + 1 < rows:
                 prefetch_slice(sub(x2, r + 1), lines)
             row = sub(x2, r)
             out = sub(y2, r)
-            acc = const[0]
-            for t in range(row.size):
-                acc += row[t]
-            a = const[1] / (acc + const[2])
+            if f64 is None:
+                acc = const[0]
+                for t in range(row.size):
+                    acc += row[t]
+                a = const[1] / (acc + const[2])
+            else:
+                k = np.float64(row[0])
+                s1 = 0.0
+                s2 = 0.0
+                for t in range(row.size):
+                    d = np.float64(row[t]) - k
+                    s1 += d
+                    s2 += d * d
+                a = cast_like(const[1] / (s1 + s2 + const[2]), x2)
             for t in range(row.size):
                 out[t] = row[t] * a + a
 
     @jit
-    def rows_backward(x2, g2, d2, wgrad, per_element, const):
+    def rows_backward(x2, g2, d2, wgrad, per_element, const, f64):
         rows, width = x2.shape
         items = wgrad.shape[0]
         per = -(-rows // items)
@@ -139,20 +200,40 @@ def _kernels():
                 row = sub(x2, r)
                 g = sub(g2, r)
                 out = sub(d2, r)
-                s1 = const[0]
-                s2 = const[0]
-                if per_element:
-                    for t in range(width):
-                        p = g[t] * row[t]
-                        s1 += g[t]
-                        s2 += p
-                        acc[t] += p
+                if f64 is None:
+                    s1 = const[0]
+                    s2 = const[0]
+                    if per_element:
+                        for t in range(width):
+                            p = g[t] * row[t]
+                            s1 += g[t]
+                            s2 += p
+                            acc[t] += p
+                    else:
+                        for t in range(width):
+                            s1 += g[t]
+                            s2 += g[t] * row[t]
+                    a = const[1] / (s1 + const[2])
+                    b = s2 * a
                 else:
-                    for t in range(width):
-                        s1 += g[t]
-                        s2 += g[t] * row[t]
-                a = const[1] / (s1 + const[2])
-                b = s2 * a
+                    shift = np.float64(row[0])
+                    u1 = 0.0
+                    u2 = 0.0
+                    if per_element:
+                        for t in range(width):
+                            gv = np.float64(g[t])
+                            q = gv * (np.float64(row[t]) - shift)
+                            u1 += gv
+                            u2 += q
+                            acc[t] += q
+                    else:
+                        for t in range(width):
+                            gv = np.float64(g[t])
+                            u1 += gv
+                            u2 += gv * (np.float64(row[t]) - shift)
+                    a64 = const[1] / (u1 + const[2])
+                    a = cast_like(a64, x2)
+                    b = cast_like(u2 * a64, x2)
                 for t in range(width):
                     out[t] = g[t] * a - row[t] * b + a
 
@@ -260,20 +341,31 @@ def _out(x):
     return empty(x.shape, x.dtype, work=math.inf)
 
 
-def floor_runner(case, pass_, pool):
-    """The traffic floor of ``case``'s ``pass_`` on ``pool``'s entries, or None.
+def floor_runner(case, pass_, pool, stats="traffic"):
+    """The floor of ``case``'s ``pass_`` on ``pool``'s entries, or None.
+
+    Parameters
+    ----------
+    stats : {"traffic", "float64"}
+        The probes' sums: in x's dtype (the traffic floor), or float64 shifted sums (the
+        floor of a pass whose statistics accumulate in float64; see the module docstring).
 
     Returns
     -------
     Runner or None
+        None for eval passes and fused rows, and with ``stats="float64"`` for the
+        ``columns`` and ``planes`` probes as well (see the module docstring).
         Returning y (forward) or dx (train step, after the forward's probe). Outputs are
         allocated per call as numbanorm's are (:func:`numbanorm._memory.empty`).
     """
     from ..kernels.cpu.prefetch import prefetch_lines
     from .peers import Runner
 
+    if stats not in STATS:
+        raise ValueError(f"stats must be one of {STATS}, got {stats!r}")
     kind = floor_kind(case, pass_)
-    if kind is None:
+    f64 = True if stats == "float64" else None
+    if kind is None or (f64 and kind not in FLOAT64_KINDS):
         return None
     k = _kernels()
     step = pass_ == "train_step"
@@ -294,12 +386,12 @@ def floor_runner(case, pass_, pool):
 
         def forward(i):
             y = _out(flat[i])
-            k["channel_forward"](view(flat[i]), view(y), consts, lines)
+            k["channel_forward"](view(flat[i]), view(y), consts, lines, f64)
             return y
 
         def backward(i):
             dx = _out(flat[i])
-            k["channel_backward"](view(flat[i]), view(flat_dy[i]), view(dx), consts, lines)
+            k["channel_backward"](view(flat[i]), view(flat_dy[i]), view(dx), consts, lines, f64)
             return dx
     elif kind == "rows":
         if case.op in ("LayerNorm", "RMSNorm"):
@@ -309,19 +401,19 @@ def floor_runner(case, pass_, pool):
         else:
             width = x0[0, 0].size
         per_element = case.op in ("LayerNorm", "RMSNorm")
-        wgrad = np.zeros((4, width), x0.dtype)
+        wgrad = np.zeros((4, width), np.float64 if f64 else x0.dtype)
 
         def view(a):
             return a.reshape(-1, width)
 
         def forward(i):
             y = _out(flat[i])
-            k["rows_forward"](view(flat[i]), view(y), consts, lines)
+            k["rows_forward"](view(flat[i]), view(y), consts, lines, f64)
             return y
 
         def backward(i):
             dx = _out(flat[i])
-            k["rows_backward"](view(flat[i]), view(flat_dy[i]), view(dx), wgrad, per_element, consts)
+            k["rows_backward"](view(flat[i]), view(flat_dy[i]), view(dx), wgrad, per_element, consts, f64)
             return dx
     elif kind == "columns":
         part = np.zeros((8, 2, c), x0.dtype)

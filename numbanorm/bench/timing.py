@@ -224,9 +224,10 @@ def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1, torch=
         Every call reads the same input (default: a pool of at least 4 x L3).
     cache : CacheInfo, optional
         The L3 to size the pool against (default read from sysfs).
-    floor : bool
-        Time the pass's traffic floor too (:func:`~numbanorm.bench.floors.floor_runner`;
-        training passes of plain rows): ``floor_s`` and ``floors`` = numbanorm / floor.
+    floor : bool or {"traffic", "float64"}
+        Time the pass's floor too (:func:`~numbanorm.bench.floors.floor_runner`; training
+        passes of plain rows): ``floor_s`` and ``floors`` = numbanorm / floor. True or
+        ``"traffic"``: the traffic floor; ``"float64"``: its probe with float64 statistics.
 
     Returns
     -------
@@ -277,7 +278,8 @@ def measure(case, pass_, threads=2, *, repeat=7, min_time=0.05, warmup=1, torch=
     if copy:
         runners["copy"] = peers.copy_runner(pool)
     if floor:
-        runners["floor"] = floors.floor_runner(case, pass_, pool)  # None where the pass has none
+        stats = "traffic" if floor is True else floor
+        runners["floor"] = floors.floor_runner(case, pass_, pool, stats)  # None where the pass has none
     result = time_interleaved(runners, repeat=repeat, min_time=min_time, warmup=warmup)
     pick = "median" if stat == "paired" else stat
     ours = result["numbanorm"]
