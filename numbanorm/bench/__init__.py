@@ -30,7 +30,8 @@ peers
     The timed callables: numbanorm (fused and unfused), PyTorch, ONNX Runtime
     (one-node models), the copy.
 floors
-    Traffic floors of the training passes: minimal kernels with a pass's memory traffic.
+    Floors of the training passes: minimal kernels with a pass's memory traffic (and,
+    ``stats="float64"``, its float64 sums).
 timing
     :func:`time_interleaved` (paired repeats in the orders of :func:`carryover_orders`) and
     :func:`measure` (one row).
