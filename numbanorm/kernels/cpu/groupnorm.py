@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 
-@kernel
+@kernel(threshold="ROWS_PARALLEL_MIN_ELEMENTS")
 def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_ratio, mean, var, rstd, r2, relu,
                    prefetch):
     """Fused GroupNorm of contiguous (N*G, C/G*S) blocks: moments, then each channel's segment.
@@ -118,7 +118,7 @@ def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_
                                relu)
 
 
-@kernel
+@kernel(threshold="ROWS_PARALLEL_MIN_ELEMENTS")
 def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, use_input_stats, s_dy, s_dyx, y2, g2):
     """Fused GroupNorm backward of contiguous (N*G, C/G*S) blocks.
 
