@@ -114,6 +114,16 @@ def _residual(be, x, residual, name="residual"):
     return be.arrays.asarray(residual)
 
 
+def _forward_residual(be, x, residual, out):
+    """A forward's ``residual`` checked as :func:`_residual` does, and its ``out=`` against x and
+    the residual; returns the residual. The common call, with neither, costs one test."""
+    if residual is None and out is None:
+        return None
+    residual = _residual(be, x, residual)
+    v.check_out(out, x, residual)
+    return residual
+
+
 def _like(be, layout, x3, arr, dtype):
     """``arr`` (shaped like the input, any layout and float dtype) as a view like ``x3`` in ``dtype``,
     or None."""
@@ -266,9 +276,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         if exchange is None:
             _check_count(x.size // c if c else 0, training, x.shape)
         relu = v.check_activation(activation)
-        if residual is not None or out is not None:
-            residual = _residual(be, x, residual)
-            v.check_out(out, x, residual)
+        residual = _forward_residual(be, x, residual, out)
         layout, x3 = be.layout.channel_view(x)
         r3 = _like(be, layout, x3, residual, x.dtype)
         if exchange is not None:
@@ -440,9 +448,7 @@ def _rows_forward(x, normalized_shape, weight, bias, eps, out, center, residual,
     be, x, shape, stat_shape = _rows_input(x, normalized_shape)
     weight, bias = _params(be, x, shape, weight=weight, bias=bias)
     eps = v.check_eps(float(np.finfo(x.dtype).eps) if eps is None and not center else eps)
-    if residual is not None or out is not None:
-        residual = _residual(be, x, residual)
-        v.check_out(out, x, residual)
+    residual = _forward_residual(be, x, residual, out)
     layout, x2 = be.layout.rows_view(x, math.prod(shape))
     y = be.layout.Output(layout, x2, x, out)
     if residual is None:
@@ -627,8 +633,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None, ret
     weight, bias = _params(be, x, (c,), weight=weight, bias=bias)
     eps = v.check_eps(eps)
     relu = v.check_activation(activation)
-    residual = _residual(be, x, residual)
-    v.check_out(out, x, residual)
+    residual = _forward_residual(be, x, residual, out)
     if x.size == 0:
         return _empty_forward(be, x, out, (x.shape[0], groups), return_stats)
     layout, x3 = be.layout.channel_view(x, rows_2d=True)
@@ -701,8 +706,7 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
         if spatial <= 1:
             raise ValueError(f"Expected more than 1 spatial element when training, got input size {tuple(x.shape)}")
     relu = v.check_activation(activation)
-    residual = _residual(be, x, residual)
-    v.check_out(out, x, residual)
+    residual = _forward_residual(be, x, residual, out)
     if x.size == 0:
         return _empty_forward(be, x, out, (n, c), return_stats)
     layout, x3 = be.layout.channel_view(x)
