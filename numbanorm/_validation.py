@@ -47,6 +47,8 @@ def _where(x):
 
 def check_float_array(x, name="input"):
     """Return ``x`` if it is a float32/float64 ndarray (or CUDA device array), else raise TypeError."""
+    if type(x) is np.ndarray and x.dtype.char in "fd":  # the common case, checked cheaply
+        return x
     if not isinstance(x, np.ndarray) and not is_cuda_array(x):
         raise TypeError(f"{name} must be a numpy.ndarray (or a CUDA device array) of float32 or float64, "
                         f"got {type(x).__name__}")

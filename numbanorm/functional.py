@@ -581,6 +581,8 @@ def rms_norm_backward(dy, x, normalized_shape, rstd, weight=None, *, dsum=None):
 
 def check_groups(num_groups, channels):
     """``num_groups`` as an int that divides ``channels``, or ValueError."""
+    if type(num_groups) is int and num_groups > 0 and not channels % num_groups:  # the common case, checked cheaply
+        return num_groups
     if isinstance(num_groups, bool) or not isinstance(num_groups, numbers.Integral) or num_groups <= 0:
         raise ValueError(f"num_groups must be a positive integer, got {num_groups!r}")
     if channels % num_groups:

@@ -68,7 +68,8 @@ def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_
                    prefetch):
     """Fused GroupNorm of contiguous (N*G, C/G*S) blocks: moments, then each channel's segment.
 
-    ``weight`` and ``bias`` are float64 (C,), ``weight_x`` and ``bias_x`` their x-dtype copies.
+    ``weight`` and ``bias`` are (C,) of either float dtype, read as float64; ``weight_x`` and
+    ``bias_x`` the same values in x's dtype (the same arrays when the dtypes match).
     The epilogue (``relu`` not None: ``+ r2`` unless None, then ReLU when ``relu``) is applied
     as y is written. ``prefetch`` (the cache-line size, or 0): each block starts by prefetching
     the next one (and the residual's).
@@ -105,10 +106,10 @@ def blocks_forward(x2, y2, seg, weight, weight_x, bias, bias_x, eps, block, max_
                 epilogue_slice_affine(xr, sub(r2, r), yr, hi, inv_x, shift_x, w, b, relu)
             continue
         for j in range(per_group):
-            scale = inv * weight[first + j]
+            scale = inv * np.float64(weight[first + j])
             lo = j * seg
             scale_x = cast_like(scale, xr)
-            shift_x = cast_like(bias[first + j] - lo_part * scale, xr)
+            shift_x = cast_like(np.float64(bias[first + j]) - lo_part * scale, xr)
             if relu is None:
                 normalize_slice(xr[lo:lo + seg], yr[lo:lo + seg], hi, scale_x, shift_x)
             elif r2 is None:
@@ -125,7 +126,8 @@ def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, use_input_s
     Per block: per-channel ``sum(dy)`` and ``sum(dy * (x - mean))`` into ``s_dy``/``s_dyx``
     (N*G, C/G), then dx of the block while it is in cache,
     ``rstd * ((w_c * dy - mean(g)) - (x - mean) * rstd**2 * mean(g * (x - mean)))`` with
-    ``g = w_c * dy`` over the block. ``weight`` is float64 (C,), ``weight_x`` its x-dtype copy.
+    ``g = w_c * dy`` over the block. ``weight`` is (C,) of either float dtype, read as float64;
+    ``weight_x`` the same values in x's dtype.
     With ``y2`` (not None: a ReLU epilogue's output), ``dy`` is ``dy * (y2 > 0)``, written to
     ``g2`` in the sums' read (to ``dx2`` when ``g2`` is None, and dx formed there in place).
     """
@@ -175,19 +177,19 @@ def blocks_backward(x2, dy2, dx2, seg, weight, weight_x, mean, rstd, use_input_s
                                             sub(g2, r)[lo:lo + seg], mu)
             s_dy[r, j] = a
             s_dyx[r, j] = b
-            s_g += weight[first + j] * a
-            s_gx += weight[first + j] * b
+            s_g += np.float64(weight[first + j]) * a
+            s_gx += np.float64(weight[first + j]) * b
         b = s_g / width if use_input_stats else 0.0
         c = inv * inv * s_gx / width if use_input_stats else 0.0
         for j in range(per_group):
             lo = j * seg
+            w_j = np.float64(weight[first + j])
             if y2 is None:
-                dx_slice(xr[lo:lo + seg], dyr[lo:lo + seg], dxr[lo:lo + seg], mu, weight[first + j], b, c, inv)
+                dx_slice(xr[lo:lo + seg], dyr[lo:lo + seg], dxr[lo:lo + seg], mu, w_j, b, c, inv)
             elif g2 is None:
-                dx_slice_inplace(xr[lo:lo + seg], dxr[lo:lo + seg], mu, weight[first + j], b, c, inv)
+                dx_slice_inplace(xr[lo:lo + seg], dxr[lo:lo + seg], mu, w_j, b, c, inv)
             else:
-                dx_slice(xr[lo:lo + seg], sub(g2, r)[lo:lo + seg], dxr[lo:lo + seg], mu, weight[first + j], b, c,
-                         inv)
+                dx_slice(xr[lo:lo + seg], sub(g2, r)[lo:lo + seg], dxr[lo:lo + seg], mu, w_j, b, c, inv)
 
 
 def group_moments(layout, x3, groups):
@@ -330,19 +332,20 @@ def forward(layout, x3, y3, groups, weight, bias, eps, residual=None, relu=False
     The epilogue ``relu(y + residual)`` (``residual`` a view like x3, or None) is applied as y
     is written.
     """
-    channels = x3.shape[1] if layout == "cf" else x3.shape[2]
-    w = param(weight, channels, 1.0)
-    b = param(bias, channels, 0.0)
     if layout == "cf":
         n, c, s = x3.shape
         x2, y2 = _blocks(x3, groups), _blocks(y3, groups)
-        mean, var, rstd = (np.empty((n, groups)) for _ in range(3))
+        stats = np.empty((3, n * groups))
         r2 = None if residual is None else _blocks(residual, groups)
-        blocks_forward(x2.size, x2, y2, s, w, param(weight, c, 1.0, x3.dtype), b, param(bias, c, 0.0, x3.dtype),
-                       eps, config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, mean.reshape(-1), var.reshape(-1),
-                       rstd.reshape(-1), r2, epilogue_flag(residual, relu), prefetch_lines(x2.nbytes))
+        w_x, b_x = param(weight, c, 1.0, x3.dtype), param(bias, c, 0.0, x3.dtype)
+        blocks_forward(x2.size, x2, y2, s, w_x if weight is None else weight, w_x, b_x if bias is None else bias, b_x,
+                       eps, config.BLOCK_ELEMENTS, config.SHIFT_RATIO_MAX, stats[0], stats[1], stats[2], r2,
+                       epilogue_flag(residual, relu), prefetch_lines(x2.nbytes))
+        mean, var, rstd = stats.reshape(3, n, groups)
         return float(x2.shape[1]), mean, var, rstd
     n, s, c = x3.shape
+    w = param(weight, c, 1.0)
+    b = param(bias, c, 0.0)
     if _fused_planes(x3):
         mean, var, rstd = (np.empty((n, groups)) for _ in range(3))
         params = _memory.empty((3, n, c), x3.dtype, work=x3.size)
@@ -368,18 +371,19 @@ def backward(layout, x3, dy3, dx3, mean, rstd, weight, use_input_stats, y3=None,
     channels = x3.shape[1] if layout == "cf" else x3.shape[2]
     n, groups = mean.shape
     per_group = channels // groups
-    w = param(weight, channels, 1.0)
     if layout == "cf":
         x2, dy2, dx2 = _blocks(x3, groups), _blocks(dy3, groups), _blocks(dx3, groups)
-        s_dy = np.empty((x2.shape[0], per_group))
-        s_dyx = np.empty((x2.shape[0], per_group))
+        sums = np.empty((2, x2.shape[0], per_group))
+        s_dy, s_dyx = sums
         y2 = None if y3 is None else _blocks(y3, groups)
         g2 = None if g3 is None else _blocks(g3, groups)
-        blocks_backward(x2.size, x2, dy2, dx2, x3.shape[2], w, param(weight, channels, 1.0, x3.dtype),
+        w_x = param(weight, channels, 1.0, x3.dtype)
+        blocks_backward(x2.size, x2, dy2, dx2, x3.shape[2], w_x if weight is None else weight, w_x,
                         np.ascontiguousarray(mean.reshape(-1)), np.ascontiguousarray(rstd.reshape(-1)),
                         bool(use_input_stats), s_dy, s_dyx, y2, g2)
-        s_dy, s_dyx = s_dy.reshape(n, channels), s_dyx.reshape(n, channels)
-        return (s_dyx * _per_channel(rstd, channels)).sum(axis=0), s_dy.sum(axis=0)
+        dweight = (s_dyx.reshape(n, groups, per_group) * rstd[:, :, None]).sum(axis=0).reshape(channels)
+        return dweight, s_dy.reshape(n, channels).sum(axis=0)
+    w = param(weight, channels, 1.0)
     if _fused_planes(x3):
         s_dy = _memory.empty((n, channels), work=x3.size)
         s_dyx = _memory.empty((n, channels), work=x3.size)
