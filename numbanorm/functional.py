@@ -85,17 +85,22 @@ def _channels_input(x, min_ndim, name="input"):
     return be, x, x.shape[1]
 
 
-def _params(be, x, shape, **arrays):
-    """Check optional parameters/buffers of ``shape`` (a tuple) on x's device; return them in order."""
+#: The names of the per-channel arrays that :func:`_params` checks, in their order.
+_AFFINE = ("weight", "bias")
+_RUNNING_AFFINE = ("running_mean", "running_var", "weight", "bias")
+
+
+def _params(be, x, shape, names, *arrays):
+    """Check optional parameters/buffers ``arrays`` (called ``names``) of ``shape`` (a tuple)
+    on x's device; return them in order."""
     if type(x) is np.ndarray:
         # The common case, checked cheaply: NumPy arrays of the right shape and a float dtype.
-        values = arrays.values()
-        for p in values:
+        for p in arrays:
             if p is not None and (type(p) is not np.ndarray or p.shape != shape or p.dtype.char not in "fd"):
                 break
         else:
-            return values
-    return [_param(be, x, shape, name, p) for name, p in arrays.items()]
+            return arrays
+    return [_param(be, x, shape, name, p) for name, p in zip(names, arrays, strict=True)]
 
 
 def _param(be, x, shape, name, p):
@@ -266,8 +271,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         if check_input is not None:
             check_input(x)
         be, x, c = _channels_input(x, 2)
-        running_mean, running_var, weight, bias = _params(be, x, (c,), running_mean=running_mean,
-                                                          running_var=running_var, weight=weight, bias=bias)
+        running_mean, running_var, weight, bias = _params(be, x, (c,), _RUNNING_AFFINE, running_mean, running_var,
+                                                          weight, bias)
         _running_pair(running_mean, running_var)
         eps = v.check_eps(eps)
         use_input_stats = bool(training) or running_mean is None
@@ -372,7 +377,7 @@ def batch_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_sta
         relu, y, residual = _epilogue_grad(be, x, y, activation, residual)
         mean = _stats(be, x, mean, "mean", (c,))
         rstd = _stats(be, x, rstd, "rstd", (c,))
-        weight, bias = _params(be, x, (c,), weight=weight, bias=bias)
+        weight, bias = _params(be, x, (c,), _AFFINE, weight, bias)
         dy = be.arrays.asarray(dy)
         layout, x3 = be.layout.channel_view(x)
         dy3 = be.layout.like_view(layout, x3, dy)
@@ -446,7 +451,7 @@ def _rows_forward(x, normalized_shape, weight, bias, eps, out, center, residual,
     """LayerNorm/RMSNorm forward and its result: y, (y, s) with a residual, and the
     statistics after them with ``return_stats``."""
     be, x, shape, stat_shape = _rows_input(x, normalized_shape)
-    weight, bias = _params(be, x, shape, weight=weight, bias=bias)
+    weight, bias = _params(be, x, shape, _AFFINE, weight, bias)
     eps = v.check_eps(float(np.finfo(x.dtype).eps) if eps is None and not center else eps)
     residual = _forward_residual(be, x, residual, out)
     layout, x2 = be.layout.rows_view(x, math.prod(shape))
@@ -632,7 +637,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None, ret
     """
     be, x, c = _channels_input(x, 2)
     groups = check_groups(num_groups, c)
-    weight, bias = _params(be, x, (c,), weight=weight, bias=bias)
+    weight, bias = _params(be, x, (c,), _AFFINE, weight, bias)
     eps = v.check_eps(eps)
     relu = v.check_activation(activation)
     residual = _forward_residual(be, x, residual, out)
@@ -665,7 +670,7 @@ def group_norm_backward(dy, x, num_groups, mean, rstd, weight=None, bias=None, *
     relu, y, residual = _epilogue_grad(be, x, y, activation, residual)
     mean = _stats(be, x, mean, "mean", (x.shape[0], groups))
     rstd = _stats(be, x, rstd, "rstd", (x.shape[0], groups))
-    weight, bias = _params(be, x, (c,), weight=weight, bias=bias)
+    weight, bias = _params(be, x, (c,), _AFFINE, weight, bias)
     return _per_sample_backward(be.groupnorm.backward, be, dy, x, mean, rstd, weight, bias, True, relu, y, residual)
 
 
@@ -695,8 +700,8 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     Ingredient for Fast Stylization", 2016. arXiv:1607.08022
     """
     be, x, c = _channels_input(x, 3)
-    running_mean, running_var, weight, bias = _params(be, x, (c,), running_mean=running_mean,
-                                                      running_var=running_var, weight=weight, bias=bias)
+    running_mean, running_var, weight, bias = _params(be, x, (c,), _RUNNING_AFFINE, running_mean, running_var,
+                                                      weight, bias)
     _running_pair(running_mean, running_var)
     if not use_input_stats and running_mean is None:
         raise ValueError("Expected running_mean and running_var to be defined when use_input_stats is False")
@@ -740,6 +745,6 @@ def instance_norm_backward(dy, x, mean, rstd, weight=None, bias=None, use_input_
     relu, y, residual = _epilogue_grad(be, x, y, activation, residual)
     mean = _stats(be, x, mean, "mean", (x.shape[0], c))
     rstd = _stats(be, x, rstd, "rstd", (x.shape[0], c))
-    weight, bias = _params(be, x, (c,), weight=weight, bias=bias)
+    weight, bias = _params(be, x, (c,), _AFFINE, weight, bias)
     return _per_sample_backward(be.instancenorm.backward, be, dy, x, mean, rstd, weight, bias, use_input_stats,
                                 relu, y, residual)

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ... import _memory
+from ... import _memory, config
 
 __all__ = ["channel_view", "rows_view", "like_view", "new_output", "match_layout", "Output"]
 
@@ -84,6 +84,9 @@ def like_view(layout, x3, arr):
 
 def new_output(layout, x3, shape, dtype=None):
     """Allocate ``(out3, out)``: a kernel view and the array of ``shape`` in the same layout."""
+    if x3.size < config.ALIGN_MIN_ELEMENTS and (layout == "cf" or len(shape) == 2):
+        out = np.empty(shape, dtype or x3.dtype)  # small calls: a plain array, no alignment to make
+        return (out if out.shape == x3.shape else out.reshape(x3.shape)), out
     out3 = _memory.empty(x3.shape, dtype or x3.dtype, x3.size)
     return out3, _unview(layout, out3, shape)
 
