@@ -85,9 +85,12 @@ def test_batch_norm_paths(path, shape, layout, small_plane, comm, monkeypatch):
     _close(y_eval, ry)
 
 
+# 39 rows: the parallel build's chunks of 20 and 19 rows end the backward's two-row sweeps
+# with and without a single row; 1 and 2 rows: a lone row, one pair.
 @pytest.mark.parametrize("center", [True, False])
-def test_rows_paths(path, center):
-    x, dy, _, _ = _data((13, 3, 8, 5), "contiguous", seed=3)
+@pytest.mark.parametrize("rows", [(13, 3), (1,), (2,)])
+def test_rows_paths(path, center, rows):
+    x, dy, _, _ = _data(rows + (8, 5), "contiguous", seed=3)
     w = np.random.default_rng(4).standard_normal((8, 5))
     b = np.random.default_rng(5).standard_normal((8, 5))
     if center:

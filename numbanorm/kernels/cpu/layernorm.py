@@ -17,13 +17,13 @@ import numpy as np
 from numba import prange
 
 from ... import _memory, config
-from ._jit import cast_like, kernel
+from ._jit import cast_like, dx_helper, kernel
 from .elementwise import dx_slice_affine, dx_slice_affine_sum, normalize_slice_affine, normalize_slice_scaled
 from .moments import add_slice_moments, slice_moments
 from .params import param
 from .prefetch import prefetch_lines, prefetch_slice
 from .subarrays import sub
-from .sums import slice_weighted_grad_sums
+from .sums import pair_weighted_grad_sums, slice_weighted_grad_sums
 
 __all__ = ["rows_forward", "rows_backward", "forward", "backward"]
 
@@ -61,10 +61,23 @@ def rows_forward(x2, y2, weight, bias, eps, block, max_ratio, center, stats, r2,
             normalize_slice_affine(src, sub(y2, r), hi, inv_x, shift_x, weight, bias)
 
 
+@dx_helper
+def _row_dx(x2, dy2, dx2, dsum2, r, weight, mu, inv, s_g, s_gx, center):
+    """dx of row ``r`` from its weighted gradient sums (plus ``dsum2``'s row when not None)."""
+    width = x2.shape[1]
+    b = s_g / width if center else 0.0
+    c = inv * inv * s_gx / width
+    if dsum2 is None:
+        dx_slice_affine(sub(x2, r), sub(dy2, r), sub(dx2, r), mu, weight, b, c, inv)
+    else:
+        dx_slice_affine_sum(sub(x2, r), sub(dy2, r), sub(dsum2, r), sub(dx2, r), mu, weight, b, c, inv)
+
+
 @kernel(threshold="ROWS_PARALLEL_MIN_ELEMENTS")
 def rows_backward(x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dweight, dbias, dsum2):
     """dx of each row, and per-chunk partial dweight/dbias rows (K, D) in float64; with
-    ``dsum2`` (not None) added to dx in the same loop."""
+    ``dsum2`` (not None) added to dx in the same loop. The gradient sums take two rows per
+    sweep (:func:`pair_weighted_grad_sums`), then dx of each while both are in cache."""
     n_rows, width = x2.shape
     nchunks = dweight.shape[0]
     for k in prange(nchunks):
@@ -72,17 +85,17 @@ def rows_backward(x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dwei
         dbias[k] = 0.0
         start = k * rows_per_chunk
         stop = min(start + rows_per_chunk, n_rows)
-        for r in range(start, stop):
-            xr = sub(x2, r)
-            dyr = sub(dy2, r)
-            mu = mean[r]
-            inv = rstd[r]
-            s_g, s_gx = slice_weighted_grad_sums(xr, dyr, weight, mu, inv, sub(dweight, k), sub(dbias, k))
-            b = s_g / width if center else 0.0
-            if dsum2 is None:
-                dx_slice_affine(xr, dyr, sub(dx2, r), mu, weight, b, inv * inv * s_gx / width, inv)
-            else:
-                dx_slice_affine_sum(xr, dyr, sub(dsum2, r), sub(dx2, r), mu, weight, b, inv * inv * s_gx / width, inv)
+        for r in range(start, stop - 1, 2):
+            s_g0, s_gx0, s_g1, s_gx1 = pair_weighted_grad_sums(
+                sub(x2, r), sub(dy2, r), sub(x2, r + 1), sub(dy2, r + 1), weight, mean[r], mean[r + 1], rstd[r],
+                rstd[r + 1], sub(dweight, k), sub(dbias, k))
+            _row_dx(x2, dy2, dx2, dsum2, r, weight, mean[r], rstd[r], s_g0, s_gx0, center)
+            _row_dx(x2, dy2, dx2, dsum2, r + 1, weight, mean[r + 1], rstd[r + 1], s_g1, s_gx1, center)
+        if (stop - start) % 2:
+            r = stop - 1
+            s_g, s_gx = slice_weighted_grad_sums(sub(x2, r), sub(dy2, r), weight, mean[r], rstd[r], sub(dweight, k),
+                                                 sub(dbias, k))
+            _row_dx(x2, dy2, dx2, dsum2, r, weight, mean[r], rstd[r], s_g, s_gx, center)
 
 
 def forward(x2, y2, weight, bias, eps, center, r2=None, s2=None):
