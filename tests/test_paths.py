@@ -85,8 +85,8 @@ def test_batch_norm_paths(path, shape, layout, small_plane, comm, monkeypatch):
     _close(y_eval, ry)
 
 
-# 39 rows: the parallel build's chunks of 20 and 19 rows end the backward's two-row sweeps
-# with and without a single row; 1 and 2 rows: a lone row, one pair.
+# 39 rows: the parallel build's chunks (20 and 19 rows on 2 threads) end the backward's
+# two-row sweeps with and without a single row; 1 and 2 rows: a lone row, one pair.
 @pytest.mark.parametrize("center", [True, False])
 @pytest.mark.parametrize("rows", [(13, 3), (1,), (2,)])
 def test_rows_paths(path, center, rows):

@@ -228,8 +228,8 @@ def pair_weighted_grad_sums(x0, dy0, x1, dy1, weight, mean0, mean1, scale0, scal
     """:func:`slice_weighted_grad_sums` of two rows in one sweep: ``(s_g, s_gx)`` of each, and
     ``acc_dyx += p0 * scale0 + p1 * scale1``, ``acc_dy += g0 + g1``.
 
-    The float64 accumulators and the weight are read and written once per two rows: in
-    cache, those loads and stores are a third of the sweep's instructions.
+    The float64 accumulators and the weight are read and written once per two rows, half as
+    many of the loads and stores that bound the sweep when the rows are in cache.
     """
     s_g0 = 0.0
     s_gx0 = 0.0
