@@ -62,10 +62,11 @@ PARALLEL = _env_bool("NUMBANORM_PARALLEL", True)
 #: Inputs with fewer elements than this run the single-threaded kernel: starting
 #: the thread pool costs more than it saves below this size.
 PARALLEL_MIN_ELEMENTS = _env_int("NUMBANORM_PARALLEL_MIN_ELEMENTS", 1 << 16)
-#: ... except for row passes (LayerNorm, RMSNorm rows; GroupNorm and InstanceNorm blocks of
-#: contiguous input), which go parallel from this size: their rows are split between threads
-#: with nothing to merge afterwards, so the thread pool pays for itself on smaller inputs than
-#: a channel pass's chunk partials and merge do.
+#: ... except for row passes (LayerNorm, RMSNorm forward rows; GroupNorm and InstanceNorm
+#: blocks of contiguous input), which go parallel from this size: their rows are split between
+#: threads with nothing to merge afterwards, so the thread pool pays for itself on smaller
+#: inputs than a channel pass's chunk partials and merge do. (LayerNorm's backward sums its
+#: per-thread weight-gradient rows afterwards: it takes ``PARALLEL_MIN_ELEMENTS``.)
 ROWS_PARALLEL_MIN_ELEMENTS = _env_int("NUMBANORM_ROWS_PARALLEL_MIN_ELEMENTS", 1 << 14)
 #: Elements per block of contiguous-slice moments: the block size bounds the shifted
 #: sums' cancellation (see ``SHIFT_RATIO_MAX``), and a block that falls back to two

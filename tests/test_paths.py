@@ -143,16 +143,19 @@ def test_batch_norm_short_planes_in_parallel_hard_inputs(monkeypatch, dtype):
 
 
 def test_row_passes_have_their_own_parallel_threshold(monkeypatch):
-    """LayerNorm/RMSNorm row kernels go parallel from ROWS_PARALLEL_MIN_ELEMENTS, every other
-    kernel from PARALLEL_MIN_ELEMENTS; a threshold that config lacks fails when compiled."""
-    from numbanorm.kernels.cpu import _jit, elementwise, layernorm
+    """Row kernels with nothing to merge (LayerNorm/RMSNorm forward rows, GroupNorm blocks) go
+    parallel from ROWS_PARALLEL_MIN_ELEMENTS, every other kernel (the LayerNorm backward, whose
+    weight-gradient rows are summed, included) from PARALLEL_MIN_ELEMENTS; a threshold that
+    config lacks fails when compiled."""
+    from numbanorm.kernels.cpu import _jit, elementwise, groupnorm, layernorm
 
     monkeypatch.setattr(config, "PARALLEL", True)
     monkeypatch.setattr(config, "ROWS_PARALLEL_MIN_ELEMENTS", 100)
     monkeypatch.setattr(config, "PARALLEL_MIN_ELEMENTS", 1000)
-    for k in (layernorm.rows_forward, layernorm.rows_backward):
+    for k in (layernorm.rows_forward, groupnorm.blocks_forward, groupnorm.blocks_backward):
         assert k.runs_parallel(100) and not k.runs_parallel(99)
-    assert elementwise.normalize_rows.runs_parallel(1000) and not elementwise.normalize_rows.runs_parallel(999)
+    for k in (layernorm.rows_backward, elementwise.normalize_rows):
+        assert k.runs_parallel(1000) and not k.runs_parallel(999)
     monkeypatch.setattr(config, "PARALLEL", False)
     assert not layernorm.rows_forward.runs_parallel(1 << 40)
     with pytest.raises(AttributeError):

@@ -73,7 +73,7 @@ def _row_dx(x2, dy2, dx2, dsum2, r, weight, mu, inv, s_g, s_gx, center):
         dx_slice_affine_sum(sub(x2, r), sub(dy2, r), sub(dsum2, r), sub(dx2, r), mu, weight, b, c, inv)
 
 
-@kernel(threshold="ROWS_PARALLEL_MIN_ELEMENTS")
+@kernel  # its per-chunk dweight/dbias rows are summed afterwards: a merge, as in a channel pass
 def rows_backward(x2, dy2, dx2, weight, mean, rstd, center, rows_per_chunk, dweight, dbias, dsum2):
     """dx of each row, and per-chunk partial dweight/dbias rows (K, D) in float64; with
     ``dsum2`` (not None) added to dx in the same loop. The gradient sums take two rows per
