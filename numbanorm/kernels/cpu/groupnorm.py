@@ -347,7 +347,7 @@ def forward(layout, x3, y3, groups, weight, bias, eps, residual=None, relu=False
     w = param(weight, c, 1.0)
     b = param(bias, c, 0.0)
     if _fused_planes(x3):
-        mean, var, rstd = (np.empty((n, groups)) for _ in range(3))
+        mean, var, rstd = np.empty((3, n, groups))
         params = _memory.empty((3, n, c), x3.dtype, work=x3.size)
         per_item = _planes_per_item(n)
         cols = _memory.empty((-(-n // per_item), 4, c), work=x3.size)
